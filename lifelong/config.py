@@ -1,0 +1,339 @@
+"""Structured configs (Hydra schemas) and validation.
+
+Every config group in `conf/` has a dataclass schema here or next to the code it builds
+(methods register their own). Type and choice errors come from OmegaConf when Hydra composes;
+value errors come from `__post_init__`, which OmegaConf runs when `to_object` builds the
+dataclasses. `validate_command_line` composes every job of a (multi)run before anything is
+launched, so a bad override fails in the parent process with the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class ConfigError(ValueError):
+    """A config value that composes but makes no sense; names the key and what is allowed."""
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        super().__init__(f"Invalid config value {key}={value!r}: allowed is {allowed}")
+        self.key = key
+
+
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def register(group: str | None, name: str, node: type) -> None:
+    """Register a schema as `schema/<group>/<name>`; an option of the group extends it with
+    `defaults: [/schema/<group>/<name>@_here_, _self_]`. The root schema has no group."""
+    ConfigStore.instance().store(group=f"schema/{group}" if group else None, name=name, node=node)
+
+
+# --- model -----------------------------------------------------------------------------------
+
+
+class ModelFamily(Enum):
+    gpt2 = "gpt2"
+    llama = "llama"
+    local = "local"  # whatever `path` holds
+
+
+@dataclass
+class ModelConfig:
+    family: ModelFamily = ModelFamily.gpt2
+    path: str | None = None  # local HF model directory; when set the preset sizes are ignored
+    n_layer: int = 4
+    d_model: int = 128
+    n_head: int = 4
+    d_ff: int = 512
+    max_seq_len: int = 128
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(
+            self.family is not ModelFamily.local or bool(self.path),
+            "model.path",
+            self.path,
+            "a local HF model directory: this key is required with model=local",
+        )
+        for key in ("n_layer", "d_model", "n_head", "d_ff", "max_seq_len"):
+            value = getattr(self, key)
+            require(value > 0, f"model.{key}", value, "an integer > 0")
+        require(self.d_model % self.n_head == 0, "model.n_head", self.n_head, "a divisor of model.d_model")
+        require(0 <= self.dropout < 1, "model.dropout", self.dropout, "a float in [0, 1)")
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+@dataclass
+class SyntheticDataConfig:
+    kind: str = "synthetic"
+    seed: int = 0  # the world's seed, separate from the training seed so seeds share one world
+    num_stages: int = 4
+    num_entities: int = 40  # entities in the first snapshot
+    new_entities_per_stage: int = 10
+    change_fraction: float = 0.2  # share of existing facts whose object changes at each update
+    train_renderings: int = 3  # paraphrases of each new or changed fact in a stage's corpus
+    unchanged_in_train: float = 0.1  # share of unchanged facts restated in an update's corpus
+    probes_per_set: int = 48
+    probe_template: str = "trained"  # trained | heldout (see lifelong/data/synthetic.py)
+    seq_len: int = 128
+    vocab_size: int = 512  # of the byte-level BPE tokenizer trained on the stream
+
+    def __post_init__(self) -> None:
+        require(self.num_stages >= 2, "data.num_stages", self.num_stages, "an integer >= 2")
+        require(self.num_entities >= 2, "data.num_entities", self.num_entities, "an integer >= 2")
+        require(
+            0 < self.change_fraction < 1, "data.change_fraction", self.change_fraction, "a float in (0, 1)"
+        )
+        require(
+            0 <= self.unchanged_in_train <= 1,
+            "data.unchanged_in_train",
+            self.unchanged_in_train,
+            "a float in [0, 1]",
+        )
+        require(
+            1 <= self.train_renderings <= 4, "data.train_renderings", self.train_renderings, "1 to 4 (templates)"
+        )
+        for key in ("new_entities_per_stage", "probes_per_set", "seq_len"):
+            value = getattr(self, key)
+            require(value > 0, f"data.{key}", value, "an integer > 0")
+        require(self.vocab_size >= 300, "data.vocab_size", self.vocab_size, "an integer >= 300")
+        require(
+            self.probe_template in ("trained", "heldout"), "data.probe_template", self.probe_template,
+            "trained or heldout",
+        )
+
+    def build(self):
+        from lifelong.data.synthetic import generate_stream
+
+        return generate_stream(self)
+
+
+@dataclass
+class JsonlDataConfig:
+    kind: str = "jsonl"
+    path: str = MISSING  # directory with one sub-directory per stage (see lifelong/data/jsonl.py)
+    seq_len: int = 128
+    vocab_size: int = 512
+
+    def __post_init__(self) -> None:
+        require(self.seq_len > 0, "data.seq_len", self.seq_len, "an integer > 0")
+        require(self.vocab_size >= 300, "data.vocab_size", self.vocab_size, "an integer >= 300")
+
+    def build(self):
+        from lifelong.data.jsonl import load_stream
+
+        return load_stream(Path(self.path))
+
+
+# --- trainer ---------------------------------------------------------------------------------
+
+
+class Schedule(Enum):
+    cosine = "cosine"
+    constant = "constant"
+
+
+class Precision(Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Device(Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+    auto = "auto"
+
+
+@dataclass
+class TrainerConfig:
+    device: Device = Device.cpu
+    precision: Precision = Precision.fp32  # autocast dtype; fp16 adds a grad scaler
+    steps_per_stage: int = 100  # optimizer steps per stage: the same budget for every method
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_fraction: float = 0.1
+    schedule: Schedule = Schedule.cosine
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    eval_batch_size: int = 32
+    log_every: int = 10
+    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    progress: bool = True  # tqdm bar per stage
+
+    def __post_init__(self) -> None:
+        for key in ("steps_per_stage", "micro_batch_size", "grad_accum", "eval_batch_size", "log_every"):
+            value = getattr(self, key)
+            require(value > 0, f"trainer.{key}", value, "an integer > 0")
+        require(self.lr > 0, "trainer.lr", self.lr, "a float > 0")
+        require(0 <= self.min_lr_ratio <= 1, "trainer.min_lr_ratio", self.min_lr_ratio, "a float in [0, 1]")
+        require(
+            0 <= self.warmup_fraction < 1, "trainer.warmup_fraction", self.warmup_fraction, "a float in [0, 1)"
+        )
+        require(self.weight_decay >= 0, "trainer.weight_decay", self.weight_decay, "a float >= 0")
+        require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "trainer.betas",
+            list(self.betas),
+            "two floats in [0, 1)",
+        )
+        require(self.max_grad_norm >= 0, "trainer.max_grad_norm", self.max_grad_norm, "a float >= 0")
+        require(self.num_threads >= 0, "trainer.num_threads", self.num_threads, "an integer >= 0")
+
+
+# --- logger ----------------------------------------------------------------------------------
+
+
+@dataclass
+class JsonlLoggerConfig:
+    """`metrics.jsonl` in the run dir; every logger writes it too."""
+
+    kind: str = "jsonl"
+
+
+# --- the whole run ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    run_dir: str = "."  # the Hydra run dir, set by conf/train.yaml
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # Groups whose options have different fields: each option extends its own schema.
+    data: Any = MISSING
+    method: Any = MISSING
+    tgl: Any = MISSING
+    logger: Any = MISSING
+
+
+register(None, "train_schema", TrainConfig)
+register("model", "model", ModelConfig)
+register("trainer", "trainer", TrainerConfig)
+register("data", "synthetic", SyntheticDataConfig)
+register("data", "jsonl", JsonlDataConfig)
+register("logger", "jsonl", JsonlLoggerConfig)
+
+
+def to_train_config(cfg: DictConfig) -> TrainConfig:
+    """Build the typed config; runs every schema's value checks."""
+    import lifelong.methods  # noqa: F401  (registers method schemas)
+    import lifelong.tgl  # noqa: F401
+
+    _reject_unknown_keys(cfg, "")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(missing[0], "???", "a value: this key is required (set it on the command line)")
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def _reject_unknown_keys(node: DictConfig, path: str) -> None:
+    """`+key=value` can add a key a schema lacks; name it and the keys that exist."""
+    import dataclasses
+
+    schema = OmegaConf.get_type(node)
+    if schema is not None and dataclasses.is_dataclass(schema):
+        fields = [f.name for f in dataclasses.fields(schema)]
+        for key in node:
+            if key not in fields:
+                raise ConfigError(f"{path}{key}", node[key], "one of the existing keys: " + ", ".join(fields))
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _reject_unknown_keys(child, f"{path}{key}.")
+
+
+# --- checking a command line before anything runs ---------------------------------------------
+
+
+def _job_overrides(args: list[str]) -> list[list[str]]:
+    """Expand sweep syntax (`a=1,2 b=x,y`) into the override list of every job."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(args)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def compose(overrides: list[str], config_name: str = "train") -> DictConfig:
+    """Compose like `lifelong-train` would, without running anything."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import lifelong.methods  # noqa: F401
+    import lifelong.tgl  # noqa: F401
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="lifelong"):
+        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+
+
+def compose_train_config(overrides: list[str], run_dir: str = ".", config_name: str = "train") -> TrainConfig:
+    """The typed, validated config of one job, composed outside a Hydra run."""
+    cfg = compose(overrides, config_name)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    cfg.run_dir = str(run_dir)  # the Hydra run dir exists only once a job runs
+    return to_train_config(cfg)
+
+
+def _explain(error: Exception, overrides: list[str]) -> ConfigError:
+    """Turn a Hydra / OmegaConf composition error into a ConfigError naming key and allowed."""
+    import re
+
+    message = str(error)
+    if error.__cause__ is not None:
+        message += "\n" + str(error.__cause__)
+    option = re.search(r"Could not find '([\w/]+)/(\w+)'", message)
+    if option:  # an unknown option of a group; Hydra's message lists the available ones
+        return ConfigError(option.group(1).replace("/", "."), option.group(2), message)
+    key = re.search(r"full_key: ([\w.]+)", message) or re.search(r"override '\+?([\w.]+)", message)
+    name = key.group(1) if key else "<overrides>"
+    return ConfigError(name, " ".join(overrides), message + _allowed_keys_hint(name, overrides))
+
+
+def _allowed_keys_hint(key: str, overrides: list[str]) -> str:
+    """For an unknown key, list the keys its parent node does have."""
+    parent, _, _ = key.rpartition(".")
+    try:
+        node = compose([o for o in overrides if key not in o])
+    except Exception:
+        return ""
+    node = OmegaConf.select(node, parent) if parent else node
+    if not isinstance(node, DictConfig) or key.rpartition(".")[2] in node:
+        return ""
+    keys = ", ".join(str(k) for k in node if k != "hydra")
+    return f"\nAllowed keys under '{parent or '<root>'}': {keys}"
+
+
+def validate_command_line(args: list[str], config_name: str = "train") -> int:
+    """Compose and check every job the command line describes. Returns the number of jobs.
+
+    Raises ConfigError (with the key and what is allowed) on the first bad job.
+    """
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [a for a in args if not a.startswith("-")]
+    jobs = _job_overrides(overrides)
+    for job in jobs:
+        try:
+            compose_train_config(job, config_name=config_name)
+        except (HydraException, OmegaConfBaseException) as error:
+            raise _explain(error, job) from error
+    return len(jobs)

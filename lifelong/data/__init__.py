@@ -1,0 +1,1 @@
+"""Streams of stages: the synthetic temporal world, local jsonl, and the real datasets."""

@@ -1,0 +1,79 @@
+"""Bring your own stream: a directory of per-stage jsonl files.
+
+    DIR/
+      <stage name>/                # stages are read in sorted name order
+        train.jsonl                # {"text": "..."} per line
+        probes_changed.jsonl       # {"text": "...", "target": "..."} per line; probes are optional
+        probes_unchanged.jsonl     #   `target` (optional) is the scored span: its last occurrence
+        probes_new.jsonl           #   in `text`; without it the whole sentence is scored
+        knowledge.jsonl            # optional, same fields: temporal sequences for TGL tracing
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lifelong.data.stream import PROBE_SETS, Probe, Stage, Stream
+
+
+class DataFormatError(ValueError):
+    pass
+
+
+def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+    """Records of a jsonl file; a malformed line names the file and the line."""
+    records = []
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataFormatError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+            if not isinstance(record, dict):
+                raise DataFormatError(f"{path}:{number}: expected a JSON object")
+            absent = [key for key in required if key not in record]
+            if absent:
+                raise DataFormatError(f"{path}:{number}: missing field(s) {absent}")
+            records.append(record)
+    return records
+
+
+def probe_from_record(record: dict, where: str) -> Probe:
+    text, target = record["text"], record.get("target")
+    if target is None:
+        return Probe.whole(text)
+    start = text.rfind(target)
+    if start < 0:
+        raise DataFormatError(f"{where}: target {target!r} does not occur in text {text!r}")
+    return Probe(text, (start, start + len(target)))
+
+
+def _probes(path: Path) -> list[Probe]:
+    if not path.exists():
+        return []
+    return [probe_from_record(r, f"{path}") for r in read_jsonl(path, ("text",))]
+
+
+def load_stream(root: Path) -> Stream:
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.path: stream directory not found: {root}")
+    stage_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if len(stage_dirs) < 1:
+        raise FileNotFoundError(f"data.path: no stage directories in {root}")
+    stages = []
+    for stage_dir in stage_dirs:
+        train_file = stage_dir / "train.jsonl"
+        if not train_file.exists():
+            raise FileNotFoundError(f"missing training file: {train_file}")
+        stages.append(
+            Stage(
+                name=stage_dir.name,
+                train=[r["text"] for r in read_jsonl(train_file, ("text",))],
+                probes={name: _probes(stage_dir / f"probes_{name}.jsonl") for name in PROBE_SETS},
+                knowledge=_probes(stage_dir / "knowledge.jsonl"),
+            )
+        )
+    return Stream(stages)

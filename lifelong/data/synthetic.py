@@ -1,0 +1,129 @@
+"""The synthetic temporal world: the offline default stream.
+
+Entities have one object per relation. Stage 0 is the first snapshot of the world; at every
+later stage a share of the existing facts change object and new entities appear. A stage's
+corpus states its new and changed facts in several paraphrases (plus a few unchanged facts,
+as Wikipedia diffs do). Probes test recall of a fact as it was last stated
+(`probe_template: trained`, one of its training paraphrases) or generalization to a template
+held out of training (`heldout`: a harder test a tiny model barely passes). The object is
+always last, so a causal LM's probe span (the object's tokens) is predicted from the subject
+and relation. Deterministic for `seed`.
+"""
+
+from __future__ import annotations
+
+import random
+
+from lifelong.config import SyntheticDataConfig
+from lifelong.data.stream import Probe, Stage, Stream
+
+# relation -> (object kind, templates); the last template is held out of training
+RELATIONS: dict[str, tuple[str, list[str]]] = {
+    "lives_in": (
+        "city",
+        ["{s} lives in {o}.", "{s} has a home in {o}.", "{s} resides in the city of {o}.",
+         "The home town of {s} is {o}.", "These days {s} lives in {o}."],
+    ),
+    "works_for": (
+        "company",
+        ["{s} works for {o}.", "{s} is employed by {o}.", "The employer of {s} is {o}.",
+         "{s} has a job at {o}.", "At present {s} works for {o}."],
+    ),
+    "plays_for": (
+        "team",
+        ["{s} plays for {o}.", "{s} is a player of {o}.", "The team of {s} is {o}.",
+         "{s} competes for {o}.", "This season {s} plays for {o}."],
+    ),
+    "member_of": (
+        "party",
+        ["{s} is a member of {o}.", "{s} belongs to {o}.", "The party of {s} is {o}.",
+         "{s} has joined {o}.", "Today {s} is a member of {o}."],
+    ),
+}
+OBJECT_SUFFIX = {"city": "", "company": " Corp", "team": " United", "party": " Party"}
+SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "to", "shi", "dar", "nel", "qu", "bri", "zo", "fa",
+             "gel", "hu", "pin", "sa", "tor", "vi", "wen", "yu", "xe", "mor", "lin"]
+
+
+def _name(rng: random.Random, syllables: int) -> str:
+    return "".join(rng.choice(SYLLABLES) for _ in range(syllables)).capitalize()
+
+
+def _unique_names(rng: random.Random, count: int, make) -> list[str]:
+    names: list[str] = []
+    seen: set[str] = set()
+    while len(names) < count:
+        name = make()
+        if name not in seen:
+            seen.add(name)
+            names.append(name)
+    return names
+
+
+def _render(template: str, subject: str, obj: str) -> Probe:
+    text = template.format(s=subject, o=obj)
+    start = text.rindex(obj)
+    return Probe(text, (start, start + len(obj)))
+
+
+Fact = tuple[str, str]  # (entity, relation)
+
+
+def generate_stream(cfg: SyntheticDataConfig) -> Stream:
+    rng = random.Random(cfg.seed)
+    total_entities = cfg.num_entities + cfg.new_entities_per_stage * (cfg.num_stages - 1)
+    entities = _unique_names(rng, total_entities, lambda: f"{_name(rng, 2)} {_name(rng, 2)}")
+    objects = {
+        kind: [n + suffix for n in _unique_names(rng, 12, lambda: _name(rng, 3))]
+        for kind, suffix in OBJECT_SUFFIX.items()
+    }
+
+    world: dict[Fact, str] = {}
+    last_stated: dict[Fact, Probe] = {}  # a training sentence of the fact's current object
+    stages: list[Stage] = []
+    for index in range(cfg.num_stages):
+        if index == 0:
+            new_entities = entities[: cfg.num_entities]
+            existing: list[Fact] = []
+        else:
+            first = cfg.num_entities + (index - 1) * cfg.new_entities_per_stage
+            new_entities = entities[first : first + cfg.new_entities_per_stage]
+            existing = sorted(world)
+        changed = rng.sample(existing, round(cfg.change_fraction * len(existing)))
+        for fact in changed:
+            kind = RELATIONS[fact[1]][0]
+            world[fact] = rng.choice([o for o in objects[kind] if o != world[fact]])
+        new = [(e, r) for e in new_entities for r in RELATIONS]
+        for fact in new:
+            world[fact] = rng.choice(objects[RELATIONS[fact[1]][0]])
+        changed_set = set(changed)
+        unchanged = [f for f in existing if f not in changed_set]
+
+        def state(fact: Fact, template: str) -> Probe:
+            return _render(template, fact[0], world[fact])
+
+        knowledge = []
+        for fact in changed + new:
+            renderings = [state(fact, t) for t in rng.sample(RELATIONS[fact[1]][1][:-1], cfg.train_renderings)]
+            last_stated[fact] = renderings[0]
+            knowledge += renderings
+        restated = rng.sample(unchanged, round(cfg.unchanged_in_train * len(unchanged)))
+        train = [p.text for p in knowledge]
+        train += [state(f, rng.choice(RELATIONS[f[1]][1][:-1])).text for f in restated]
+        rng.shuffle(train)
+
+        def probes(facts: list[Fact]) -> list[Probe]:
+            chosen = rng.sample(facts, min(cfg.probes_per_set, len(facts)))
+            if cfg.probe_template == "heldout":
+                return [state(f, RELATIONS[f[1]][1][-1]) for f in chosen]
+            return [last_stated[f] for f in chosen]
+
+        stages.append(
+            Stage(
+                name=f"stage_{index}",
+                train=train,
+                probes={"changed": probes(changed), "unchanged": probes(unchanged), "new": probes(new)},
+                knowledge=knowledge,
+            )
+        )
+    return Stream(stages)

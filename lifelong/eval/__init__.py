@@ -1,0 +1,1 @@
+"""Evaluation: probe perplexity and continual-learning metrics."""

@@ -1,0 +1,3 @@
+"""Continual-learning baselines, one file each; importing this registers their schemas."""
+
+from lifelong.methods import finetune  # noqa: F401

@@ -1,0 +1,85 @@
+"""Causal LMs built from a preset config or loaded from a local directory (never downloaded),
+and the grouping of their parameters into layers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from torch import nn
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig, PreTrainedModel
+
+from lifelong.config import ModelConfig, ModelFamily
+
+
+def build_model(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
+    if cfg.path:
+        path = Path(cfg.path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"model.path: no HF model (config.json) in {path}")
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+    else:
+        model = AutoModelForCausalLM.from_config(_preset_config(cfg, tokenizer))
+    # GPT2LMHeadModel's class name does not name its loss; say it, rather than be warned
+    model.loss_type = "ForCausalLM"
+    return model
+
+
+def _preset_config(cfg: ModelConfig, tokenizer) -> PretrainedConfig:
+    special = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        # no pad id: training blocks are packed, so inputs hold no padding to warn about
+    }
+    if cfg.family is ModelFamily.gpt2:
+        return GPT2Config(
+            n_positions=cfg.max_seq_len,
+            n_embd=cfg.d_model,
+            n_layer=cfg.n_layer,
+            n_head=cfg.n_head,
+            n_inner=cfg.d_ff,
+            resid_pdrop=cfg.dropout,
+            embd_pdrop=cfg.dropout,
+            attn_pdrop=cfg.dropout,
+            **special,
+        )
+    return LlamaConfig(
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.n_head,
+        max_position_embeddings=cfg.max_seq_len,
+        attention_dropout=cfg.dropout,
+        tie_word_embeddings=False,
+        **special,
+    )
+
+
+# A "layer" is a transformer block; embeddings, final norm and LM head are rows of their own.
+_BLOCK = re.compile(r"(?:^|\.)(?:h|layers)\.(\d+)\.")
+_ROWS = (
+    ("embed", re.compile(r"(?:^|\.)(?:wte|wpe|embed_tokens|embed_in)\.")),
+    ("final_norm", re.compile(r"(?:^|\.)(?:ln_f|norm|final_layer_norm)\.")),
+    ("lm_head", re.compile(r"(?:^|\.)(?:lm_head|embed_out)\.")),
+)
+
+
+def layer_of(param_name: str) -> str:
+    """The layer row a parameter belongs to (GPT-2, Llama/OLMo, Pythia/GPT-NeoX names)."""
+    block = _BLOCK.search(param_name)
+    if block:
+        return f"layer_{int(block.group(1)):02d}"
+    for row, pattern in _ROWS:
+        if pattern.search(param_name):
+            return row
+    return "other"
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Layer rows in model order (embeddings first, LM head last)."""
+    seen: dict[str, None] = {}
+    for name, _ in model.named_parameters():
+        seen.setdefault(layer_of(name), None)
+    return list(seen)

@@ -1,0 +1,1 @@
+"""Tracking: metrics.jsonl always, wandb optionally; run metadata."""

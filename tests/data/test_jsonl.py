@@ -1,0 +1,48 @@
+"""The local jsonl stream format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lifelong.data.jsonl import DataFormatError, load_stream
+
+
+def write(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_loads_stages_in_order_with_probes(tmp_path):
+    write(tmp_path / "2019" / "train.jsonl", [{"text": "Ana lives in Rome."}])
+    write(tmp_path / "2020" / "train.jsonl", [{"text": "Ana lives in Oslo."}, {"text": "Bo was born."}])
+    write(tmp_path / "2020" / "probes_changed.jsonl", [{"text": "Ana lives in Oslo.", "target": "Oslo"}])
+    write(tmp_path / "2020" / "probes_new.jsonl", [{"text": "Bo was born."}])
+    stream = load_stream(tmp_path)
+    assert [s.name for s in stream.stages] == ["2019", "2020"]
+    second = stream.stages[1]
+    assert len(second.train) == 2 and second.probes["unchanged"] == []
+    changed = second.probes["changed"][0]
+    assert changed.text[slice(*changed.span)] == "Oslo"
+    assert second.probes["new"][0].span == (0, len("Bo was born."))
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    path = tmp_path / "s0" / "train.jsonl"
+    path.parent.mkdir()
+    path.write_text('{"text": "fine"}\n{"text": broken\n')
+    with pytest.raises(DataFormatError, match=rf"{path}:2: not valid JSON"):
+        load_stream(tmp_path)
+
+
+def test_missing_field_and_missing_paths(tmp_path):
+    write(tmp_path / "s0" / "train.jsonl", [{"body": "no text"}])
+    with pytest.raises(DataFormatError, match=r"train.jsonl:1: missing field\(s\) \['text'\]"):
+        load_stream(tmp_path)
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "absent")):
+        load_stream(tmp_path / "absent")
+    (tmp_path / "s1").mkdir()
+    write(tmp_path / "s0" / "train.jsonl", [{"text": "ok"}])
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "s1" / "train.jsonl")):
+        load_stream(tmp_path)

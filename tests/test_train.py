@@ -1,0 +1,107 @@
+"""The recipe end to end on the tiny world: files, finite values, determinism."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from lifelong.data.stream import PROBE_SETS
+from lifelong.track.jsonl import read_jsonl_metrics
+from lifelong.train import train
+from tests.conftest import REPO, make_config
+
+
+def losses(run_dir):
+    return [r["loss"] for r in read_jsonl_metrics(run_dir / "metrics.jsonl")]
+
+
+def test_run_writes_config_metrics_results_and_provenance(tmp_path):
+    cfg = make_config(tmp_path / "run")
+    results = train(cfg)
+    run_dir = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "results.json", "run_info.json", "tokenizer"):
+        assert (run_dir / name).exists(), name
+    records = read_jsonl_metrics(run_dir / "metrics.jsonl")
+    stages = cfg.data.num_stages
+    assert len(records) == stages * cfg.trainer.steps_per_stage
+    for record in records:
+        for key in ("stage", "step", "loss", "lr", "grad_norm", "tokens_per_s", "grad_norm/layer_00"):
+            assert math.isfinite(record[key]), key
+    assert json.loads((run_dir / "results.json").read_text()) == results
+    for name in PROBE_SETS:
+        matrix = results["probe_sets"][name]["matrix"]
+        assert len(matrix) == stages and all(len(row) == stages for row in matrix)
+        for row in matrix:
+            for j, value in enumerate(row):
+                empty = j == 0 and name != "new"  # the first snapshot has nothing changed
+                assert (value is None) if empty else math.isfinite(value)
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["packages"]["torch"] and "sha" in info["git"]
+
+
+def test_same_seed_same_losses_other_seed_other_losses(tmp_path):
+    train(make_config(tmp_path / "a", "seed=3"))
+    train(make_config(tmp_path / "b", "seed=3"))
+    train(make_config(tmp_path / "c", "seed=4"))
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert losses(tmp_path / "a") != losses(tmp_path / "c")
+
+
+def test_llama_preset_with_accumulation_and_constant_schedule(tmp_path):
+    cfg = make_config(tmp_path / "run", "model=tiny_llama", "model.n_layer=2", "model.d_model=64",
+                      "model.n_head=2", "model.d_ff=128", "trainer.grad_accum=2", "trainer.schedule=constant")
+    results = train(cfg)
+    assert results["probe_sets"]["new"]["final"] > 0
+    lrs = [r["lr"] for r in read_jsonl_metrics(tmp_path / "run" / "metrics.jsonl")]
+    assert lrs[-1] == pytest.approx(cfg.trainer.lr)
+
+
+def test_refuses_to_overwrite_a_finished_run(tmp_path):
+    train(make_config(tmp_path / "run"))
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(make_config(tmp_path / "run"))
+
+
+def test_local_model_path_and_jsonl_stream(tmp_path):
+    """A model saved by one run loads from disk (model=local) and trains on a jsonl stream."""
+    from lifelong.data.tokens import load_tokenizer
+    from lifelong.models import build_model
+
+    first = make_config(tmp_path / "first")
+    tokenizer = load_tokenizer(_save_tokenizer(first, tmp_path))
+    model = build_model(first.model, tokenizer)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    for stage, fact in enumerate(["Ana lives in Rome.", "Ana lives in Oslo."]):
+        directory = tmp_path / "stream" / f"s{stage}"
+        directory.mkdir(parents=True)
+        (directory / "train.jsonl").write_text(json.dumps({"text": fact}) + "\n")
+        (directory / "probes_changed.jsonl").write_text(json.dumps({"text": fact, "target": fact[-5:-1]}) + "\n")
+    cfg = make_config(tmp_path / "run", "model=local", f"model.path={tmp_path / 'model'}", "data=jsonl",
+                      f"data.path={tmp_path / 'stream'}", "data.seq_len=16")
+    results = train(cfg)
+    assert results["stages"] == ["s0", "s1"]
+    assert math.isfinite(results["probe_sets"]["changed"]["matrix"][1][1])
+
+
+def _save_tokenizer(cfg, tmp_path):
+    from lifelong.data.tokens import train_tokenizer
+
+    tokenizer = train_tokenizer(cfg.data.build().all_text() + ["Ana lives in Rome Oslo."], 384)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    return tmp_path / "tok"
+
+
+def test_cli_default_entry_point_runs_a_job(tmp_path):
+    run_dir = tmp_path / "cli"
+    done = subprocess.run(
+        [sys.executable, "-m", "lifelong.train", "experiment=smoke", f"hydra.run.dir={run_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Perplexity after training stage 2" in done.stdout
+    assert (run_dir / "results.json").exists() and (run_dir / ".hydra" / "overrides.yaml").exists()
