@@ -128,7 +128,7 @@ def train(cfg: TrainConfig) -> dict:
 
     for t in range(num_stages):
         ctx = StageContext(t, stream, stage_blocks[: t + 1], model, tokenizer, device, run_dir,
-                           tc.micro_batch_size)
+                           tc.micro_batch_size, logger)
         for hook in hooks:
             hook.before_stage(ctx)
         blocks = hooks[0].stage_data(ctx)

@@ -28,6 +28,7 @@ class StageContext:
     device: torch.device
     run_dir: Path
     micro_batch_size: int
+    logger: Any  # lifelong.track logger: log(record), log_image(key, path, step)
 
 
 class Method:

@@ -16,6 +16,9 @@ class JsonlLogger:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
+    def log_image(self, key: str, path: Path, step: int | None = None) -> None:
+        """Images stay as files in the run dir; trackers such as wandb upload them too."""
+
     def close(self) -> None:
         self._file.close()
 
