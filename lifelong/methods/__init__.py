@@ -1,3 +1,3 @@
 """Continual-learning baselines, one file each; importing this registers their schemas."""
 
-from lifelong.methods import finetune  # noqa: F401
+from lifelong.methods import ewc, finetune, joint, lora, lora_migu, migu, replay  # noqa: F401

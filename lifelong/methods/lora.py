@@ -1,0 +1,82 @@
+"""LoRA via peft: the base model is frozen, low-rank adapters W + (alpha/r) B A are trained.
+
+Stage 0 is the first snapshot of the world: the base model is (pre)trained on it in full, and
+adapters are injected (in place, `peft.inject_adapter_in_model`) from stage `from_stage` on, as
+a LoRA continual learner starts from a pretrained model. `from_stage: 0` adapts from the start.
+Target modules default per family (GPT-2 `c_attn`, a Conv1D so `fan_in_fan_out`; Llama
+`q_proj`, `v_proj`). `merge_each_stage: true` folds the adapters into the base weights at the
+end of every stage and starts the next stage from fresh adapters (B = 0, so the function is
+unchanged); `false` keeps training one set of adapters across stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+from lifelong.config import register, require
+from lifelong.methods.base import Method, StageContext
+
+DEFAULT_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"], "gpt_neox": ["query_key_value"],
+                   "olmo": ["q_proj", "v_proj"], "olmo2": ["q_proj", "v_proj"]}
+
+
+def lora_layers(model: nn.Module) -> list[LoraLayer]:
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+class LoRA(Method):
+    def __init__(self, cfg: LoRAConfig):
+        self.cfg = cfg
+
+    def before_stage(self, ctx: StageContext) -> None:
+        if ctx.index == self.cfg.from_stage:
+            self.inject(ctx.model)
+
+    def inject(self, model: nn.Module) -> None:
+        model_type = model.config.model_type
+        targets = list(self.cfg.target_modules or DEFAULT_TARGETS.get(model_type, []))
+        if not targets:
+            raise ValueError(f"method.target_modules: no default for model type {model_type!r}; set it")
+        peft_config = LoraConfig(
+            r=self.cfg.r, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout, target_modules=targets,
+            fan_in_fan_out=model_type == "gpt2", bias="none",
+        )
+        inject_adapter_in_model(peft_config, model)  # freezes every non-adapter parameter
+
+    @torch.no_grad()
+    def after_stage(self, ctx: StageContext) -> None:
+        if not self.cfg.merge_each_stage:
+            return
+        for layer in lora_layers(ctx.model):
+            layer.merge()  # base weight += scaling * B A
+            layer.merged_adapters.clear()  # keep the adapter in the forward pass ...
+            for name in layer.active_adapters:  # ... restarted from B = 0
+                layer.reset_lora_parameters(name, init_lora_weights=True)
+
+
+@dataclass
+class LoRAConfig:
+    name: str = "lora"
+    r: int = 8
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: list[str] | None = None  # None: the family's default (DEFAULT_TARGETS)
+    merge_each_stage: bool = False
+    from_stage: int = 1  # stage from which adapters train; before it the model trains in full
+
+    def __post_init__(self) -> None:
+        require(self.from_stage >= 0, "method.from_stage", self.from_stage, "an integer >= 0")
+        require(self.r > 0, "method.r", self.r, "an integer > 0")
+        require(self.alpha > 0, "method.alpha", self.alpha, "a float > 0")
+        require(0 <= self.dropout < 1, "method.dropout", self.dropout, "a float in [0, 1)")
+
+    def build(self) -> Method:
+        return LoRA(self)
+
+
+register("method", "lora", LoRAConfig)

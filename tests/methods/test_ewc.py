@@ -1,0 +1,68 @@
+"""EWC: the Fisher against a naive per-sample computation; the penalty against a hand sum."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lifelong.methods.ewc import EWC, EWCConfig
+from tests.methods.conftest import blocks, context, tiny_model
+
+
+def naive_fisher(model, rows):
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    for row in rows:
+        loss = model(input_ids=row[None], labels=row[None]).loss
+        for acc, grad in zip(total, torch.autograd.grad(loss, params), strict=True):
+            acc += grad**2
+    return [t / len(rows) for t in total]
+
+
+def test_fisher_penalty_and_online_decay(tokenizer, tmp_path):
+    model = tiny_model(tokenizer).eval()
+    data = [blocks(len(tokenizer), 6, seed=0)]
+    ewc = EWC(EWCConfig(ewc_lambda=7.0, fisher_samples=4))
+    ewc.after_stage(context(0, data, model, tmp_path))
+    fisher, anchor = ewc.terms[0]
+    for ours, naive in zip(fisher.values(), naive_fisher(model, data[0][:4]), strict=True):
+        assert torch.allclose(ours, naive, rtol=1e-4, atol=1e-12)
+
+    assert ewc.extra_loss(model).item() == 0.0  # at the anchor
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    expected = 0.0
+    for (name, p), f in zip(model.named_parameters(), fisher.values(), strict=True):
+        expected += (f.double() * (p.detach().double() - anchor[name].double()) ** 2).sum().item()
+    assert ewc.extra_loss(model).item() == pytest.approx(7.0 / 2 * expected, rel=1e-4)
+    ewc.extra_loss(model).backward()  # differentiable w.r.t. the current parameters
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_online_keeps_one_decayed_fisher_and_the_latest_anchor(tokenizer, tmp_path):
+    model = tiny_model(tokenizer).eval()
+    data = [blocks(len(tokenizer), 4, seed=s) for s in range(2)]
+    ewc = EWC(EWCConfig(online=True, gamma=0.5, fisher_samples=2))
+    ewc.after_stage(context(0, data[:1], model, tmp_path))
+    first = {k: v.clone() for k, v in ewc.terms[0][0].items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    ewc.after_stage(context(1, data, model, tmp_path))
+    assert len(ewc.terms) == 1
+    fresh = EWC(EWCConfig(fisher_samples=2))
+    fresh.after_stage(context(1, data, model, tmp_path))
+    for name, value in ewc.terms[0][0].items():
+        assert torch.allclose(value, 0.5 * first[name] + fresh.terms[0][0][name])
+    for name, p in model.named_parameters():
+        assert torch.equal(ewc.terms[0][1][name], p.detach())
+
+
+def test_plain_ewc_keeps_a_term_per_stage(tokenizer, tmp_path):
+    model = tiny_model(tokenizer).eval()
+    data = [blocks(len(tokenizer), 4, seed=s) for s in range(2)]
+    ewc = EWC(EWCConfig(fisher_samples=2))
+    ewc.after_stage(context(0, data[:1], model, tmp_path))
+    ewc.after_stage(context(1, data, model, tmp_path))
+    assert len(ewc.terms) == 2

@@ -1,0 +1,105 @@
+"""MIGU: after one step exactly the rows with the largest summed |output| change."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from lifelong.config import ConfigError, validate_command_line
+from lifelong.methods.lora_migu import LoRAMIGU, LoRAMIGUConfig
+from lifelong.methods.migu import MIGU, MIGUConfig
+from tests.methods.conftest import blocks, context, tiny_model
+
+
+def independent_output_sums(model, data):
+    """Summed |output| per output feature of every linear layer, by hooks of the test's own."""
+    sums, handles = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear | Conv1D):
+            def hook(mod, inp, out, name=name):
+                sums[name] = sums.get(name, 0) + out.detach().abs().double().reshape(-1, out.shape[-1]).sum(0)
+            handles.append(module.register_forward_hook(hook))
+    with torch.no_grad():
+        for micro in data:
+            model(input_ids=micro)
+    for handle in handles:
+        handle.remove()
+    return sums
+
+
+def one_step(model, method, data):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for micro in data:  # two micro-batches accumulate into one step
+        model(input_ids=micro, labels=micro).loss.backward()
+    method.transform_gradients(model)
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.7])
+def test_rows_with_largest_output_update_biases_unmasked(tokenizer, tmp_path, fraction):
+    model = tiny_model(tokenizer)
+    data = [blocks(len(tokenizer), 2, seed=s) for s in range(2)]
+    sums = independent_output_sums(model, data)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    migu = MIGU(MIGUConfig(mask_fraction=fraction))
+    migu.before_stage(context(1, data, model, tmp_path))
+    one_step(model, migu, data)
+    checked = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear | Conv1D) or name == "lm_head":  # lm_head is tied to wte
+            continue
+        rows_dim = 1 if isinstance(module, Conv1D) else 0
+        changed = (module.weight != before[f"{name}.weight"]).any(dim=1 - rows_dim)
+        expected = sums[name] >= torch.quantile(sums[name].float(), fraction).double()
+        assert torch.equal(changed, expected), name
+        assert changed.sum() == (~(sums[name] < torch.quantile(sums[name].float(), fraction).double())).sum()
+        assert changed.float().mean() == pytest.approx(1 - fraction, abs=0.05)
+        if module.bias is not None:
+            assert (module.bias != before[f"{name}.bias"]).all(), f"{name}.bias is masked"
+        checked += 1
+    assert checked == 2 * 4  # c_attn, c_proj, c_fc, mlp c_proj per block
+    assert not migu.sums  # accumulators reset after the step
+
+
+def test_first_stage_is_unmasked_and_eval_does_not_count(tokenizer, tmp_path):
+    model = tiny_model(tokenizer)
+    data = [blocks(len(tokenizer), 2, seed=0)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    migu = MIGU(MIGUConfig())
+    migu.before_stage(context(0, data, model, tmp_path))
+    one_step(model, migu, data)
+    weight = model.transformer.h[0].mlp.c_fc.weight
+    assert (weight != before["transformer.h.0.mlp.c_fc.weight"]).any(dim=0).all()
+    migu.before_stage(context(1, data, model, tmp_path))
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=data[0])
+    assert not migu.sums
+
+
+def test_lora_migu_masks_adapter_rows(tokenizer, tmp_path):
+    model = tiny_model(tokenizer)
+    data = [blocks(len(tokenizer), 2, seed=0)]
+    method = LoRAMIGU(LoRAMIGUConfig(r=8, from_stage=1, mask_fraction=0.5))
+    method.before_stage(context(1, data, model, tmp_path))
+    # make B non-zero so A receives gradient
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    one_step(model, method, data)
+    for name, p in model.named_parameters():
+        if "lora_A" in name or "lora_B" in name:
+            changed_rows = (p != before[name]).any(dim=1)
+            assert 0 < changed_rows.sum() < len(changed_rows), name
+        else:
+            assert torch.equal(p, before[name]), name
+
+
+def test_mask_fraction_outside_unit_interval_names_the_key():
+    with pytest.raises(ConfigError, match=r"method.mask_fraction.*\(0, 1\)"):
+        validate_command_line(["method=migu", "method.mask_fraction=1.5"])
