@@ -19,28 +19,13 @@ import time
 from pathlib import Path
 
 import torch
+from common import RESULTS, lifelong_step_times, steady_median
 
 from lifelong.config import compose_train_config
 from lifelong.data.tokens import pack, train_tokenizer
 from lifelong.models import build_model
 from lifelong.optim import build_scheduler, default_param_groups
-from lifelong.track.jsonl import read_jsonl_metrics
-from lifelong.train import seed_everything, stage_batches, train
-
-RESULTS = Path(__file__).parent / "results"
-
-
-def lifelong_step_times(steps: int, threads: int, workdir: Path, tag: str) -> list[float]:
-    cfg = compose_train_config(
-        [f"trainer.steps_per_stage={steps}", f"trainer.num_threads={threads}", "trainer.progress=false",
-         "data.num_stages=2"],
-        run_dir=str(workdir / f"lifelong_{tag}"),
-    )
-    train(cfg)
-    records = read_jsonl_metrics(Path(cfg.run_dir) / "metrics.jsonl")
-    tokens_per_step = cfg.trainer.micro_batch_size * cfg.trainer.grad_accum * cfg.data.seq_len
-    # each record covers `log_every` steps; its tokens/s gives that window's mean step time
-    return [tokens_per_step / r["tokens_per_s"] for r in records if r["stage"] == 0]
+from lifelong.train import seed_everything, stage_batches
 
 
 def _setup(steps: int):
@@ -122,8 +107,10 @@ def main() -> None:
         for repeat in range(args.repeats):
             runs["bare"].append(median_step(bare_step_times(args.steps), args.skip))
             # lifelong logs windows of log_every steps: skip the windows inside the warm-up
-            windows = lifelong_step_times(args.steps, args.threads, Path(tmp), str(repeat))
-            runs["lifelong"].append(statistics.median(windows[max(1, args.skip // 10) :]))
+            overrides = [f"trainer.steps_per_stage={args.steps}", f"trainer.num_threads={args.threads}",
+                         "data.num_stages=2"]
+            windows = lifelong_step_times(overrides, Path(tmp) / f"lifelong_{repeat}", stage=0)
+            runs["lifelong"].append(steady_median(windows))
             runs["hf_trainer"].append(median_step(hf_trainer_step_times(args.steps, Path(tmp)), args.skip))
             print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1] * 1e3:.1f} ms" for k, v in runs.items()), flush=True)
 

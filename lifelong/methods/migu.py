@@ -73,7 +73,7 @@ class MIGU(Method):
     def _accumulate(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         if not module.training:
             return
-        magnitude = output.detach().abs().float().flatten(0, -2).sum(0)
+        magnitude = output.detach().abs().sum(dim=tuple(range(output.dim() - 1)), dtype=torch.float32)
         if module in self.sums:
             self.sums[module] += magnitude
         else:

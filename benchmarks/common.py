@@ -1,0 +1,27 @@
+"""Shared by the benchmarks: step times of a real `lifelong` run, read from its metrics.jsonl."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from lifelong.config import compose_train_config
+from lifelong.track.jsonl import read_jsonl_metrics
+from lifelong.train import train
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def lifelong_step_times(overrides: list[str], run_dir: Path, stage: int) -> list[float]:
+    """Mean step time of every logged window of `stage` (a window covers `log_every` steps, its
+    tokens/s is measured around the steps and the logging itself)."""
+    cfg = compose_train_config(["trainer.progress=false", *overrides], run_dir=str(run_dir))
+    train(cfg)
+    tokens_per_step = cfg.trainer.micro_batch_size * cfg.trainer.grad_accum * cfg.data.seq_len
+    records = read_jsonl_metrics(run_dir / "metrics.jsonl")
+    return [tokens_per_step / r["tokens_per_s"] for r in records if r["stage"] == stage]
+
+
+def steady_median(window_times: list[float]) -> float:
+    """Median over windows, the first (warm-up) window left out."""
+    return statistics.median(window_times[1:])

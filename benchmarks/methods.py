@@ -1,0 +1,62 @@
+"""Step time of every baseline relative to full fine-tuning, side by side in one run.
+
+    python benchmarks/methods.py [--steps 60] [--repeats 3] [--threads 1]
+
+Each method trains the same two-stage synthetic stream with the same model and batch; the
+times are those of stage 1, where every method is fully active (MIGU masks, EWC's penalty
+applies, replay mixes, LoRA adapters train). Methods run interleaved, `--repeats` times;
+medians. Targets (issue 4): MIGU <= 1.05x, EWC <= 1.10x, replay <= 1.02x per token (a replay
+step holds as many tokens as any other step). Writes benchmarks/results/methods.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from common import RESULTS, lifelong_step_times, steady_median
+
+METHODS = ["finetune", "replay", "ewc", "migu", "lora", "lora_migu", "joint"]
+TARGETS = {"migu": 1.05, "ewc": 1.10, "replay": 1.02}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(args.repeats):
+            for method in METHODS:
+                overrides = [f"method={method}", "data.num_stages=2", f"trainer.steps_per_stage={args.steps}",
+                             f"trainer.num_threads={args.threads}"]
+                windows = lifelong_step_times(overrides, Path(tmp) / f"{method}_{repeat}", stage=1)
+                times[method].append(steady_median(windows))
+            print(f"repeat {repeat}: " + ", ".join(f"{m} {t[-1] * 1e3:.1f} ms" for m, t in times.items()), flush=True)
+
+    median = {m: statistics.median(t) for m, t in times.items()}
+    ratio = {m: median[m] / median["finetune"] for m in METHODS}
+    result = {
+        "what": "stage-1 step time (s) per method, tiny GPT-2 preset, batch 8x128, CPU",
+        "threads": args.threads,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "step_time_s": median,
+        "spread_s": {m: [min(t), max(t)] for m, t in times.items()},
+        "ratio_vs_finetune": ratio,
+        "targets": TARGETS,
+        "met": {m: ratio[m] <= target for m, target in TARGETS.items()},
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "methods.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
