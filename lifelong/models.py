@@ -66,9 +66,10 @@ _ROWS = (
 )
 
 
-def layer_of(param_name: str) -> str:
-    """The layer row a parameter belongs to (GPT-2, Llama/OLMo, Pythia/GPT-NeoX names)."""
-    block = _BLOCK.search(param_name)
+def layer_of(param_name: str, block_pattern: str | None = None) -> str:
+    """The layer row a parameter belongs to (GPT-2, Llama/OLMo, Pythia/GPT-NeoX names).
+    `block_pattern` overrides the block regex for other families; its group 1 is the index."""
+    block = re.search(block_pattern, param_name) if block_pattern else _BLOCK.search(param_name)
     if block:
         return f"layer_{int(block.group(1)):02d}"
     for row, pattern in _ROWS:

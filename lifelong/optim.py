@@ -48,11 +48,12 @@ class LayerGradNorms:
     No host sync: the norms stay on device until a caller asks for them at a logging step.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, block_pattern: str | None = None):
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.layers = list(dict.fromkeys(layer_of(n) for n, _ in named))
+        rows = [layer_of(n, block_pattern) for n, _ in named]
+        self.layers = list(dict.fromkeys(rows))
         self.params = [p for _, p in named]
-        self.layer_index = [self.layers.index(layer_of(n)) for n, _ in named]
+        self.layer_index = [self.layers.index(row) for row in rows]
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (per-layer norms [num_layers], total norm); layers with no grad read 0."""

@@ -33,6 +33,7 @@ from lifelong.methods.base import Method, StageContext
 from lifelong.models import build_model
 from lifelong.optim import LayerGradNorms, build_optimizer, build_scheduler, default_param_groups
 from lifelong.track.jsonl import JsonlLogger
+from lifelong.track.plots import grad_norm_heatmap
 from lifelong.track.runinfo import run_info
 
 AUTOCAST = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
@@ -132,13 +133,14 @@ def train(cfg: TrainConfig) -> dict:
         for hook in hooks:
             hook.before_stage(ctx)
         blocks = hooks[0].stage_data(ctx)
-        groups = next((g for h in hooks if (g := h.param_groups(model, tc.lr)) is not None), None)
+        groups = next((g for h in hooks if (g := h.param_groups(model, tc.lr, tc.weight_decay)) is not None), None)
         optimizer = build_optimizer(tc, groups or default_param_groups(model, tc.weight_decay))
         scheduler = build_scheduler(tc, optimizer)
         norms = LayerGradNorms(model)
         order = stage_batches(blocks, tc.steps_per_stage, step_batch, cfg.seed * 1000 + t)
         tokens_per_step = step_batch * seq_len
         window_start, window_loss = time.perf_counter(), torch.zeros((), device=device)
+        stage_records: list[dict] = []
 
         for step in tqdm(range(tc.steps_per_stage), desc=f"stage {t}", disable=not tc.progress,
                          leave=False, dynamic_ncols=True):
@@ -179,10 +181,14 @@ def train(cfg: TrainConfig) -> dict:
                 record.update({f"grad_norm/{n}": v for n, v in zip(norms.layers, layer_norms.tolist(),
                                                                     strict=True)})
                 logger.log(record)
+                stage_records.append(record)
                 window_start, window_loss = time.perf_counter(), torch.zeros((), device=device)
 
         for hook in hooks:
             hook.after_stage(ctx)
+        heatmap = grad_norm_heatmap(stage_records, t, run_dir / f"grad_norms_stage_{t}.png")
+        if heatmap is not None:
+            logger.log_image(f"grad_norm_heatmap/stage_{t}", heatmap, step=(t + 1) * tc.steps_per_stage)
         row = evaluate(model, probes, cfg, device, tokenizer.pad_token_id)
         for j, sets in enumerate(row):
             for name in PROBE_SETS:

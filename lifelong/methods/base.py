@@ -37,7 +37,7 @@ class Method:
     def wrap_model(self, model: nn.Module) -> nn.Module:
         return model
 
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict] | None:
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict] | None:
         """Optimizer parameter groups, or None for one group of all trainable parameters."""
         return None
 

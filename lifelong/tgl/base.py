@@ -1,0 +1,84 @@
+"""What every TGL variant shares: when to trace, how to select, what is saved.
+
+Before a stage (from `from_stage` on; stage 0 trains a model from scratch, whose gradients say
+nothing yet) the variant traces the stage's temporal vs. control gradient norms, selects layers
+by `rule`, and saves the trace as `trace_stage_<t>.json` and `.png` in the run dir. With
+`trace: once` the first trace is reused for every later stage.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any
+
+from lifelong.config import require
+from lifelong.eval.perplexity import encode_probes
+from lifelong.methods.base import Method, StageContext
+from lifelong.tgl.select import Rule, select_layers
+from lifelong.tgl.trace import Trace, trace_layers
+from lifelong.track.plots import trace_plot
+
+
+class When(Enum):
+    every_stage = "every_stage"
+    once = "once"
+
+
+@dataclass
+class TGLConfig:
+    name: str = "tgl"
+    from_stage: int = 1
+    trace: When = When.every_stage
+    trace_batches: int = 4
+    rule: Rule = Rule.above_mean
+    k: int = 2  # for rule=top_k
+    fraction: float = 0.5  # for rule=top_fraction
+    block_pattern: str | None = None  # regex whose group 1 is the block index, for other families
+
+    def __post_init__(self) -> None:
+        require(self.from_stage >= 0, "tgl.from_stage", self.from_stage, "an integer >= 0")
+        require(self.trace_batches > 0, "tgl.trace_batches", self.trace_batches, "an integer > 0")
+        require(self.k > 0, "tgl.k", self.k, "an integer > 0")
+        require(0 < self.fraction <= 1, "tgl.fraction", self.fraction, "a float in (0, 1]")
+
+
+class TracedLayers(Method):
+    def __init__(self, cfg: TGLConfig):
+        self.cfg = cfg
+        self.trace: Trace | None = None
+        self.selected: list[str] = []
+        self.history: list[dict[str, Any]] = []  # every trace taken, for the report and resume
+
+    def before_stage(self, ctx: StageContext) -> None:
+        if ctx.index < self.cfg.from_stage or (self.trace is not None and self.cfg.trace is When.once):
+            return
+        stage = ctx.stream.stages[ctx.index]
+        knowledge = encode_probes(ctx.tokenizer, stage.knowledge, ctx.stage_blocks[ctx.index].shape[1])
+        if len(knowledge) == 0:
+            raise ValueError(f"TGL needs temporal (knowledge) sequences, and stage {stage.name} has none")
+        self.trace = trace_layers(
+            ctx.model, knowledge, ctx.stage_blocks[ctx.index], self.cfg.trace_batches, ctx.micro_batch_size,
+            ctx.device, ctx.tokenizer.pad_token_id, self.cfg.block_pattern,
+        )
+        self.selected = select_layers(self.trace.layers, self.trace.relative, self.cfg.rule, self.cfg.k,
+                                      self.cfg.fraction)
+        record = {"stage": ctx.index, **asdict(self.trace), "relative": self.trace.relative,
+                  "selected": self.selected, "rule": self.cfg.rule.value}
+        self.history.append(record)
+        path = ctx.run_dir / f"trace_stage_{ctx.index}.json"
+        path.write_text(json.dumps(record, indent=2))
+        image = trace_plot(self.trace.layers, self.trace.temporal, self.trace.control, self.selected,
+                           f"TGL trace before stage {ctx.index}", path.with_suffix(".png"))
+        if ctx.logger is not None:
+            ctx.logger.log_image(f"tgl/trace_stage_{ctx.index}", image)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": self.history, "selected": self.selected}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history, self.selected = state["history"], state["selected"]
+        if self.history:
+            last = self.history[-1]
+            self.trace = Trace(last["layers"], last["temporal"], last["control"])

@@ -1,0 +1,23 @@
+"""Which layers TGL updates, from the relative gradient norms r of a trace."""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+
+class Rule(Enum):
+    above_mean = "above_mean"  # the paper's rule: r_l > mean(r)
+    top_k = "top_k"
+    top_fraction = "top_fraction"
+
+
+def select_layers(layers: list[str], relative: list[float], rule: Rule, k: int = 1,
+                  fraction: float = 0.5) -> list[str]:
+    """Selected layers in model order; ties at the cut are broken by model order."""
+    if rule is Rule.above_mean:
+        mean = sum(relative) / len(relative)
+        return [layer for layer, r in zip(layers, relative, strict=True) if r > mean]
+    count = k if rule is Rule.top_k else math.ceil(fraction * len(layers))
+    ranked = sorted(range(len(layers)), key=lambda i: -relative[i])[: min(count, len(layers))]
+    return [layers[i] for i in sorted(ranked)]

@@ -1,0 +1,162 @@
+"""TGL: tracing is exact and side-effect free; selection rules; freeze and adaptive LR."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lifelong.config import CONF_DIR, ModelConfig, SyntheticDataConfig
+from lifelong.data.synthetic import generate_stream
+from lifelong.data.tokens import pack, train_tokenizer
+from lifelong.eval.perplexity import encode_probes
+from lifelong.methods.base import StageContext
+from lifelong.models import build_model, layer_of
+from lifelong.optim import build_optimizer, default_param_groups
+from lifelong.tgl.adaptive_lr import AdaptiveLRConfig
+from lifelong.tgl.freeze import FreezeConfig
+from lifelong.tgl.select import Rule, select_layers
+from lifelong.tgl.trace import span_batch, trace_layers
+from lifelong.train import train
+from tests.conftest import make_config
+from tests.methods.conftest import tiny_model
+
+STREAM = generate_stream(SyntheticDataConfig(num_stages=2, num_entities=8, new_entities_per_stage=4,
+                                             train_renderings=2))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tokenizer = train_tokenizer(STREAM.all_text(), 320)
+    blocks = [pack(tokenizer, stage.train, 32) for stage in STREAM.stages]
+    return tokenizer, blocks
+
+
+def ctx_for(index, model, tokenizer, blocks, tmp_path):
+    return StageContext(index, STREAM, blocks[: index + 1], model, tokenizer, torch.device("cpu"), tmp_path, 4, None)
+
+
+def naive_norms(model, losses):
+    params = dict(model.named_parameters())
+    rows = list(dict.fromkeys(layer_of(n) for n in params))
+    total = torch.zeros(len(rows), dtype=torch.float64)
+    for loss in losses:
+        grads = torch.autograd.grad(loss(), list(params.values()), allow_unused=True)
+        squares = dict.fromkeys(rows, 0.0)
+        for name, grad in zip(params, grads, strict=True):
+            if grad is not None:
+                squares[layer_of(name)] += grad.double().pow(2).sum().item()
+        total += torch.tensor([squares[r] ** 0.5 for r in rows])
+    return rows, (total / len(losses)).tolist()
+
+
+def test_trace_equals_naive_and_leaves_no_trace(setup, tmp_path):
+    tokenizer, blocks = setup
+    torch.manual_seed(0)  # dropout on: tracing must neither draw from nor reset the RNG
+    model = build_model(ModelConfig(n_layer=2, d_model=32, n_head=2, d_ff=64, max_seq_len=32, dropout=0.1), tokenizer)
+    knowledge = encode_probes(tokenizer, STREAM.stages[1].knowledge, 32)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rng = torch.get_rng_state()
+    trace = trace_layers(model, knowledge, blocks[1], 2, 4, torch.device("cpu"), tokenizer.pad_token_id)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(p, before[n]) and p.grad is None for n, p in model.named_parameters())
+    assert model.training
+
+    model.eval()
+    temporal = []
+    for b in range(2):
+        ids, attention, labels = span_batch(knowledge, list(range(4 * b, 4 * b + 4)), tokenizer.pad_token_id)
+        temporal.append(lambda i=ids, a=attention, lab=labels: model(input_ids=i, attention_mask=a, labels=lab).loss)
+    control = [lambda b=b: model(input_ids=blocks[1][4 * b : 4 * b + 4], labels=blocks[1][4 * b : 4 * b + 4]).loss
+               for b in range(2)]
+    rows, naive_temporal = naive_norms(model, temporal)
+    _, naive_control = naive_norms(model, control)
+    assert trace.layers == rows
+    assert trace.temporal == pytest.approx(naive_temporal, rel=1e-4)
+    assert trace.control == pytest.approx(naive_control, rel=1e-4)
+
+
+def test_tracing_does_not_change_training(setup, tmp_path):
+    tokenizer, blocks = setup
+    knowledge = encode_probes(tokenizer, STREAM.stages[1].knowledge, 32)
+    losses = {}
+    for traced in (False, True):
+        torch.manual_seed(0)
+        model = tiny_model(tokenizer)
+        optimizer = build_optimizer(make_config(tmp_path / "cfg").trainer, default_param_groups(model, 0.01))
+        run = []
+        for step in range(4):
+            if traced and step == 2:
+                trace_layers(model, knowledge, blocks[1], 2, 4, torch.device("cpu"), tokenizer.pad_token_id)
+            loss = model(input_ids=blocks[1][:4], labels=blocks[1][:4]).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            run.append(loss.item())
+        losses[traced] = run
+    assert losses[True] == losses[False]
+
+
+def test_selection_rules_on_hand_built_profiles():
+    layers = ["embed", "layer_00", "layer_01", "layer_02", "final_norm"]
+    relative = [1.0, 4.0, 3.0, 0.5, 1.5]  # mean 2.0
+    assert select_layers(layers, relative, Rule.above_mean) == ["layer_00", "layer_01"]
+    assert select_layers(layers, relative, Rule.top_k, k=3) == ["layer_00", "layer_01", "final_norm"]
+    assert select_layers(layers, relative, Rule.top_fraction, fraction=0.2) == ["layer_00"]
+    assert select_layers(layers, [1.0] * 5, Rule.above_mean) == []
+
+
+def test_freeze_keeps_unselected_layers_bit_identical(setup, tmp_path):
+    tokenizer, blocks = setup
+    model = tiny_model(tokenizer)
+    freeze = FreezeConfig(rule=Rule.top_k, k=1).build()
+    ctx = ctx_for(1, model, tokenizer, blocks, tmp_path)
+    freeze.before_stage(ctx)
+    selected = freeze.selected
+    assert len(selected) == 1
+    assert (tmp_path / "trace_stage_1.json").exists() and (tmp_path / "trace_stage_1.png").exists()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = build_optimizer(make_config(tmp_path / "cfg").trainer, default_param_groups(model, 0.01))
+    for _ in range(3):
+        model(input_ids=blocks[1][:4], labels=blocks[1][:4]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    for name, p in model.named_parameters():
+        if layer_of(name) in selected:
+            assert not torch.equal(p, before[name]), name
+        else:
+            assert torch.equal(p, before[name]), name
+    freeze.after_stage(ctx)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_adaptive_lr_gives_the_configured_per_layer_rates(setup, tmp_path):
+    tokenizer, blocks = setup
+    model = tiny_model(tokenizer)
+    method = AdaptiveLRConfig(min_scale=0.5, max_scale=2.0).build()
+    method.before_stage(ctx_for(1, model, tokenizer, blocks, tmp_path))
+    trace = json.loads((tmp_path / "trace_stage_1.json").read_text())
+    mean = sum(trace["relative"]) / len(trace["relative"])
+    expected = {layer: 1e-3 * min(2.0, max(0.5, r / mean)) for layer, r in zip(trace["layers"], trace["relative"],
+                                                                               strict=True)}
+    optimizer = torch.optim.AdamW(method.param_groups(model, 1e-3, 0.01))
+    seen = {}
+    for group in optimizer.param_groups:
+        seen[group["layer"]] = group["lr"]
+        assert group["weight_decay"] == (0.01 if group["params"][0].dim() >= 2 else 0.0)
+    assert seen == pytest.approx(expected)
+    assert len(set(seen.values())) > 1
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("tgl", ["freeze", "adaptive_lr"])
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_composes_with_tgl(tmp_path, method, tgl):
+    results = train(make_config(tmp_path / "run", f"method={method}", f"tgl={tgl}", "data.num_stages=2",
+                                "trainer.steps_per_stage=3"))
+    assert results["probe_sets"]["changed"]["final"] > 0
+    assert (tmp_path / "run" / "trace_stage_1.json").exists()
