@@ -174,6 +174,8 @@ class TrainerConfig:
     max_grad_norm: float = 1.0  # 0 disables clipping
     eval_batch_size: int = 32
     log_every: int = 10
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (a multiple of log_every); 0: stage ends only
+    keep_checkpoints: int = 2
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     progress: bool = True  # tqdm bar per stage
 
@@ -195,6 +197,13 @@ class TrainerConfig:
         )
         require(self.max_grad_norm >= 0, "trainer.max_grad_norm", self.max_grad_norm, "a float >= 0")
         require(self.num_threads >= 0, "trainer.num_threads", self.num_threads, "an integer >= 0")
+        require(
+            self.checkpoint_every >= 0 and self.checkpoint_every % self.log_every == 0,
+            "trainer.checkpoint_every",
+            self.checkpoint_every,
+            f"0 or a multiple of trainer.log_every ({self.log_every})",
+        )
+        require(self.keep_checkpoints > 0, "trainer.keep_checkpoints", self.keep_checkpoints, "an integer > 0")
 
 
 # --- logger ----------------------------------------------------------------------------------

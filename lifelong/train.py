@@ -16,12 +16,14 @@ import os
 import random
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from lifelong.config import CONF_DIR, ConfigError, Device, Precision, TrainConfig, to_train_config
@@ -29,10 +31,13 @@ from lifelong.data.stream import PROBE_SETS, Stream
 from lifelong.data.tokens import load_tokenizer, pack, train_tokenizer
 from lifelong.eval.metrics import summarize
 from lifelong.eval.perplexity import EncodedProbes, encode_probes, perplexity
+from lifelong.launch.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from lifelong.launch.distributed import DistEnv, any_rank, init_distributed, mean_across_ranks
+from lifelong.launch.preemption import Preemption
 from lifelong.methods.base import Method, StageContext
 from lifelong.models import build_model
 from lifelong.optim import LayerGradNorms, build_optimizer, build_scheduler, default_param_groups
-from lifelong.track.jsonl import JsonlLogger
+from lifelong.track.jsonl import JsonlLogger, NullLogger, read_jsonl_metrics
 from lifelong.track.plots import grad_norm_heatmap
 from lifelong.track.runinfo import run_info
 
@@ -53,15 +58,25 @@ def resolve_device(device: Device) -> torch.device:
     return torch.device(device.value)
 
 
-def build_tokenizer(cfg: TrainConfig, stream: Stream, run_dir: Path):
-    """The model's own tokenizer for a local model; else a BPE trained on the stream, saved
-    with the run so its checkpoints can be read back."""
-    if cfg.model.path is not None:
+def build_tokenizer(cfg: TrainConfig, stream: Stream, run_dir: Path, save: bool):
+    """The model's own tokenizer for a local model; else a BPE trained on the stream (the same
+    on every rank), saved with the run so its checkpoints can be read back."""
+    if cfg.model.path:
         tokenizer = load_tokenizer(Path(cfg.model.path))
     else:
         tokenizer = train_tokenizer(stream.all_text(), cfg.data.vocab_size)
-    tokenizer.save_pretrained(str(run_dir / "tokenizer"))
+    if save:
+        tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     return tokenizer
+
+
+def keep_metrics_until(path: Path, global_step: int) -> None:
+    """On resume, drop metrics logged after the checkpoint, so each step appears once."""
+    if path.exists():
+        kept = [r for r in read_jsonl_metrics(path) if r["global_step"] <= global_step]
+        temporary = path.with_suffix(".jsonl.tmp")
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(temporary, path)
 
 
 def stage_batches(blocks: torch.Tensor, steps: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -93,25 +108,49 @@ def format_row(stage: int, row: list[dict[str, float | None]]) -> str:
     return "\n".join(lines)
 
 
+def checkpoint(run_dir: Path, env: DistEnv, tc, global_step: int, state: dict, model, hooks: list[Method],
+               matrices: dict) -> None:
+    """Everything a resume needs besides `state` (position and optimizer); rank 0 writes."""
+    if env.is_main:
+        save_checkpoint(run_dir, global_step, {
+            **state, "global_step": global_step, "model": model.state_dict(), "rng": rng_state(),
+            "hooks": [h.state_dict() for h in hooks], "matrices": matrices,
+        }, tc.keep_checkpoints)
+    if env.world_size > 1:
+        torch.distributed.barrier()
+
+
 def train(cfg: TrainConfig) -> dict:
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / "results.json").exists() or (run_dir / "metrics.jsonl").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; set hydra.run.dir to a new directory")
+    if (run_dir / "results.json").exists():  # a re-launched sweep skips finished runs
+        print(f"{run_dir} is complete (results.json); nothing to do", flush=True)
+        return json.loads((run_dir / "results.json").read_text())
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
-    seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
+    env = init_distributed(device.type)
+    if env.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+    seed_everything(cfg.seed)
     autocast_dtype = AUTOCAST[cfg.trainer.precision]
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    (run_dir / "run_info.json").write_text(json.dumps(run_info(), indent=2))
+    resume = load_latest_checkpoint(run_dir)
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        (run_dir / "run_info.json").write_text(json.dumps(run_info(), indent=2))
+        keep_metrics_until(run_dir / "metrics.jsonl", resume["global_step"] if resume else 0)
 
     stream = cfg.data.build()
-    tokenizer = build_tokenizer(cfg, stream, run_dir)
+    tokenizer = build_tokenizer(cfg, stream, run_dir, save=env.is_main)
     model = build_model(cfg.model, tokenizer)
     hooks: list[Method] = [cfg.method.build(), cfg.tgl.build()]
+    if resume:  # hook state first: it may change the model's structure (LoRA adapters)
+        for hook, state in zip(hooks, resume["hooks"], strict=True):
+            hook.load_state_dict(state)
     for hook in hooks:
         model = hook.wrap_model(model)
+    if resume:
+        model.load_state_dict(resume["model"])
     model.to(device).train()
 
     seq_len = cfg.data.seq_len
@@ -121,40 +160,57 @@ def train(cfg: TrainConfig) -> dict:
         for stage in stream.stages
     ]
     num_stages = len(stream.stages)
-    matrices = {name: [[None] * num_stages for _ in range(num_stages)] for name in PROBE_SETS}
-    logger = JsonlLogger(run_dir / "metrics.jsonl")
+    matrices = resume["matrices"] if resume else {n: [[None] * num_stages for _ in range(num_stages)]
+                                                  for n in PROBE_SETS}
+    logger = JsonlLogger(run_dir / "metrics.jsonl") if env.is_main else NullLogger()
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision is Precision.fp16)
+    preemption = Preemption().install()
     tc = cfg.trainer
-    step_batch = tc.micro_batch_size * tc.grad_accum
+    local_batch = tc.micro_batch_size * tc.grad_accum
+    step_batch = local_batch * env.world_size  # the global batch: ranks take disjoint slices of it
+    first_stage, first_step = (resume["stage"], resume["step"]) if resume else (0, 0)
 
-    for t in range(num_stages):
+    for t in range(first_stage, num_stages):
+        resuming_mid_stage = resume is not None and t == first_stage and first_step > 0
+        if resume is not None and t == first_stage and not resuming_mid_stage:
+            set_rng_state(resume["rng"])
         ctx = StageContext(t, stream, stage_blocks[: t + 1], model, tokenizer, device, run_dir,
-                           tc.micro_batch_size, logger)
+                           tc.micro_batch_size, logger, env.is_main)
         for hook in hooks:
             hook.before_stage(ctx)
         blocks = hooks[0].stage_data(ctx)
         groups = next((g for h in hooks if (g := h.param_groups(model, tc.lr, tc.weight_decay)) is not None), None)
         optimizer = build_optimizer(tc, groups or default_param_groups(model, tc.weight_decay))
         scheduler = build_scheduler(tc, optimizer)
+        train_model = DistributedDataParallel(model) if env.world_size > 1 else model
         norms = LayerGradNorms(model)
         order = stage_batches(blocks, tc.steps_per_stage, step_batch, cfg.seed * 1000 + t)
-        tokens_per_step = step_batch * seq_len
-        window_start, window_loss = time.perf_counter(), torch.zeros((), device=device)
-        stage_records: list[dict] = []
+        window_loss = torch.zeros((), device=device)
+        if resuming_mid_stage:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            scaler.load_state_dict(resume["scaler"])
+            window_loss += resume["window_loss"].to(device)
+            set_rng_state(resume["rng"])
+        start_step = first_step if resuming_mid_stage else 0
+        window_start = time.perf_counter()
 
-        for step in tqdm(range(tc.steps_per_stage), desc=f"stage {t}", disable=not tc.progress,
-                         leave=False, dynamic_ncols=True):
-            step_order = order[step * step_batch : (step + 1) * step_batch]
+        for step in tqdm(range(start_step, tc.steps_per_stage), desc=f"stage {t}", initial=start_step,
+                         total=tc.steps_per_stage, disable=not (tc.progress and env.is_main), leave=False,
+                         dynamic_ncols=True):
+            rank_order = order[step * step_batch : (step + 1) * step_batch][env.rank * local_batch :][:local_batch]
             for micro in range(tc.grad_accum):
-                rows = step_order[micro * tc.micro_batch_size : (micro + 1) * tc.micro_batch_size]
+                rows = rank_order[micro * tc.micro_batch_size : (micro + 1) * tc.micro_batch_size]
                 batch = blocks[rows].to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    loss = model(input_ids=batch, labels=batch).loss
+                last_micro = micro == tc.grad_accum - 1
+                sync = nullcontext() if last_micro or env.world_size == 1 else train_model.no_sync()
+                with sync, torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    loss = train_model(input_ids=batch, labels=batch).loss
                     for hook in hooks:
                         extra = hook.extra_loss(model)
                         if extra is not None:
                             loss = loss + extra
-                scaler.scale(loss / tc.grad_accum).backward()
+                    scaler.scale(loss / tc.grad_accum).backward()
                 window_loss += loss.detach().float() / tc.grad_accum
             scaler.unscale_(optimizer)
             for hook in hooks:
@@ -173,28 +229,44 @@ def train(cfg: TrainConfig) -> dict:
                     "stage": t,
                     "step": step + 1,
                     "global_step": t * tc.steps_per_stage + step + 1,
-                    "loss": window_loss.item() / steps_in_window,
+                    "loss": mean_across_ranks(window_loss).item() / steps_in_window,
                     "lr": scheduler.get_last_lr()[0],
                     "grad_norm": total_norm.item(),
-                    "tokens_per_s": steps_in_window * tokens_per_step / elapsed,
+                    "tokens_per_s": steps_in_window * step_batch * seq_len / elapsed,
                 }
                 record.update({f"grad_norm/{n}": v for n, v in zip(norms.layers, layer_norms.tolist(),
                                                                     strict=True)})
                 logger.log(record)
-                stage_records.append(record)
                 window_start, window_loss = time.perf_counter(), torch.zeros((), device=device)
+            preempted = any_rank(preemption.requested, device)
+            if preempted or (tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0
+                             and step + 1 < tc.steps_per_stage):
+                state = {"stage": t, "step": step + 1, "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                         "window_loss": window_loss.detach().cpu()}
+                checkpoint(run_dir, env, tc, t * tc.steps_per_stage + step + 1, state, model, hooks, matrices)
+            if preempted:
+                logger.close()
+                preemption.hand_over()
 
         for hook in hooks:
             hook.after_stage(ctx)
-        heatmap = grad_norm_heatmap(stage_records, t, run_dir / f"grad_norms_stage_{t}.png")
-        if heatmap is not None:
-            logger.log_image(f"grad_norm_heatmap/stage_{t}", heatmap, step=(t + 1) * tc.steps_per_stage)
+        if env.is_main:
+            records = read_jsonl_metrics(run_dir / "metrics.jsonl")
+            heatmap = grad_norm_heatmap(records, t, run_dir / f"grad_norms_stage_{t}.png")
+            if heatmap is not None:
+                logger.log_image(f"grad_norm_heatmap/stage_{t}", heatmap, step=(t + 1) * tc.steps_per_stage)
         row = evaluate(model, probes, cfg, device, tokenizer.pad_token_id)
         for j, sets in enumerate(row):
             for name in PROBE_SETS:
                 matrices[name][t][j] = sets[name]
-        print(format_row(t, row), flush=True)
+        if env.is_main:
+            print(format_row(t, row), flush=True)
+        # the next stage starts from here: no optimizer state (each stage builds its own)
+        checkpoint(run_dir, env, tc, (t + 1) * tc.steps_per_stage, {"stage": t + 1, "step": 0}, model, hooks,
+                   matrices)
 
+    preemption.uninstall()
     logger.close()
     results = {
         "stages": [stage.name for stage in stream.stages],
@@ -202,7 +274,8 @@ def train(cfg: TrainConfig) -> dict:
             name: {"matrix": matrices[name], **summarize(matrices[name])} for name in PROBE_SETS
         },
     }
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    if env.is_main:
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
 

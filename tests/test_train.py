@@ -60,10 +60,12 @@ def test_llama_preset_with_accumulation_and_constant_schedule(tmp_path):
     assert lrs[-1] == pytest.approx(cfg.trainer.lr)
 
 
-def test_refuses_to_overwrite_a_finished_run(tmp_path):
-    train(make_config(tmp_path / "run"))
-    with pytest.raises(FileExistsError, match="already holds a run"):
-        train(make_config(tmp_path / "run"))
+def test_a_finished_run_is_not_trained_again(tmp_path, capsys):
+    first = train(make_config(tmp_path / "run"))
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert train(make_config(tmp_path / "run")) == first
+    assert "is complete" in capsys.readouterr().out
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == lines
 
 
 def test_local_model_path_and_jsonl_stream(tmp_path):

@@ -29,6 +29,7 @@ class StageContext:
     run_dir: Path
     micro_batch_size: int
     logger: Any  # lifelong.track logger: log(record), log_image(key, path, step)
+    is_main: bool = True  # rank 0: the one process that writes files
 
 
 class Method:

@@ -54,6 +54,8 @@ class TracedLayers(Method):
     def before_stage(self, ctx: StageContext) -> None:
         if ctx.index < self.cfg.from_stage or (self.trace is not None and self.cfg.trace is When.once):
             return
+        if self.history and self.history[-1]["stage"] == ctx.index:  # resumed mid-stage: keep its trace
+            return
         stage = ctx.stream.stages[ctx.index]
         knowledge = encode_probes(ctx.tokenizer, stage.knowledge, ctx.stage_blocks[ctx.index].shape[1])
         if len(knowledge) == 0:
@@ -67,6 +69,8 @@ class TracedLayers(Method):
         record = {"stage": ctx.index, **asdict(self.trace), "relative": self.trace.relative,
                   "selected": self.selected, "rule": self.cfg.rule.value}
         self.history.append(record)
+        if not ctx.is_main:
+            return
         path = ctx.run_dir / f"trace_stage_{ctx.index}.json"
         path.write_text(json.dumps(record, indent=2))
         image = trace_plot(self.trace.layers, self.trace.temporal, self.trace.control, self.selected,

@@ -25,3 +25,16 @@ class JsonlLogger:
 
 def read_jsonl_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class NullLogger:
+    """What ranks other than 0 log to."""
+
+    def log(self, record: dict[str, Any]) -> None:
+        pass
+
+    def log_image(self, key: str, path: Path, step: int | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

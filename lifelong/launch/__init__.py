@@ -1,0 +1,1 @@
+"""Launching: distributed set-up, checkpoints and resume, preemption."""

@@ -1,0 +1,71 @@
+"""Checkpoints: written atomically (temp file + rename), the last K kept, and on resume the
+newest one that loads (a truncated or corrupt one is skipped with a warning)."""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+PATTERN = "step_*.pt"
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.copy()), "pos": pos, "has_gauss": has_gauss,
+                  "gauss": gauss},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy(), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, global_step: int, state: dict[str, Any], keep: int) -> Path:
+    directory = checkpoint_dir(run_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"step_{global_step:08d}.pt"
+    temporary = path.with_suffix(".pt.tmp")
+    torch.save({**state, "complete": True}, temporary)
+    with temporary.open("rb") as file:
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    for old in sorted(directory.glob(PATTERN))[:-keep]:
+        old.unlink()
+    return path
+
+
+def load_latest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """The newest checkpoint that loads whole, or None when there is none."""
+    for path in sorted(checkpoint_dir(run_dir).glob(PATTERN), reverse=True):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # truncated / corrupt: torch raises several kinds
+            warnings.warn(f"checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
+                          "falling back to the previous one", stacklevel=2)
+            continue
+        if state.get("complete") is True:
+            return state
+        warnings.warn(f"checkpoint {path} is incomplete; falling back to the previous one", stacklevel=2)
+    return None

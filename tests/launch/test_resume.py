@@ -1,0 +1,104 @@
+"""Checkpoint / resume with real processes: SIGKILL, SIGUSR2, a truncated checkpoint."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lifelong.launch.checkpoint import checkpoint_dir, load_latest_checkpoint
+from lifelong.track.jsonl import read_jsonl_metrics
+from lifelong.train import train
+from tests.conftest import REPO, make_config
+
+OVERRIDES = ["experiment=smoke", "trainer.steps_per_stage=40", "trainer.checkpoint_every=4"]
+pytestmark = pytest.mark.slow
+
+
+def command(run_dir) -> list[str]:
+    return [sys.executable, "-m", "lifelong.train", *OVERRIDES, f"hydra.run.dir={run_dir}"]
+
+
+def losses(run_dir) -> list[tuple[int, float]]:
+    return [(r["global_step"], r["loss"]) for r in read_jsonl_metrics(run_dir / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    results = train(make_config(run_dir, *OVERRIDES[1:]))
+    return losses(run_dir), results
+
+
+def start_and_interrupt(run_dir, signum: int, after_step: int) -> subprocess.Popen:
+    process = subprocess.Popen(command(run_dir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if metrics.exists() and any(r["global_step"] >= after_step for r in read_jsonl_metrics(metrics)):
+            process.send_signal(signum)
+            break
+        time.sleep(0.005)
+    process.wait(timeout=120)
+    return process
+
+
+def assert_resumes_to_reference(run_dir, reference):
+    done = subprocess.run(command(run_dir), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    resumed = losses(run_dir)
+    expected, results = reference
+    assert [s for s, _ in resumed] == [s for s, _ in expected]  # every step logged exactly once
+    for (_, ours), (_, theirs) in zip(resumed, expected, strict=True):
+        assert ours == pytest.approx(theirs, abs=1e-6)
+    ours = json.loads((run_dir / "results.json").read_text())
+    for name, probe_set in results["probe_sets"].items():
+        for row, other in zip(ours["probe_sets"][name]["matrix"], probe_set["matrix"], strict=True):
+            assert row == pytest.approx(other, rel=1e-5)
+
+
+def test_sigkill_mid_stage_then_restart_gives_the_same_losses(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    process = start_and_interrupt(run_dir, signal.SIGKILL, after_step=10)
+    assert process.returncode == -signal.SIGKILL
+    state = load_latest_checkpoint(run_dir)
+    assert state is not None and state["stage"] == 0 and 0 < state["step"] < 40  # mid-stage
+    assert not (run_dir / "results.json").exists()
+    assert_resumes_to_reference(run_dir, reference)
+
+
+def test_sigusr2_checkpoints_then_exits_and_the_run_resumes(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    process = start_and_interrupt(run_dir, signal.SIGUSR2, after_step=6)
+    assert process.returncode == -signal.SIGUSR2, process.stderr.read()[-2000:]
+    state = load_latest_checkpoint(run_dir)
+    logged = max(s for s, _ in losses(run_dir))
+    assert state["global_step"] >= logged  # the checkpoint came after the last logged step
+    assert state["stage"] == 0 and 6 <= state["step"] < 40  # written at the signal, mid-stage
+    assert_resumes_to_reference(run_dir, reference)
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    train(make_config(run_dir, *OVERRIDES[1:], "trainer.keep_checkpoints=3"))
+    (run_dir / "results.json").unlink()
+    newest, previous = sorted(checkpoint_dir(run_dir).glob("step_*.pt"), reverse=True)[:2]
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="unreadable.*falling back"):
+        state = load_latest_checkpoint(run_dir)
+    assert f"step_{state['global_step']:08d}.pt" == previous.name
+    with pytest.warns(UserWarning, match="unreadable"):
+        results = train(make_config(run_dir, *OVERRIDES[1:], "trainer.keep_checkpoints=3"))
+    assert results == reference[1]
+
+
+def test_only_the_last_k_checkpoints_are_kept(tmp_path):
+    run_dir = tmp_path / "run"
+    train(make_config(run_dir, *OVERRIDES[1:], "trainer.keep_checkpoints=2"))
+    kept = sorted(p.name for p in checkpoint_dir(run_dir).glob("*"))
+    assert kept == ["step_00000116.pt", "step_00000120.pt"]  # 3 stages x 40 steps; no temp files left
