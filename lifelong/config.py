@@ -216,6 +216,42 @@ class JsonlLoggerConfig:
     kind: str = "jsonl"
 
 
+# --- cluster ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ClusterConfig:
+    """Where a sweep runs under `hydra/launcher=submitit_slurm` (and the local launcher's sizes)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus_per_node: int | None = None
+    tasks_per_node: int = 1  # = GPUs per node for DDP: one process per GPU
+    cpus_per_task: int | None = None
+    mem_gb: int | None = None
+    nodes: int = 1
+    timeout_min: int = 60
+    array_parallelism: int = 64
+    signal_delay_s: int = 120  # SLURM sends USR2 this long before the time limit: checkpoint + requeue
+    max_num_timeout: int = 3  # requeues after a time-out or preemption
+    # setup lines and extra sbatch options are lists / dicts, which Hydra cannot interpolate into the
+    # launcher's schema: a SLURM profile sets them as hydra.launcher.setup / .additional_parameters
+
+    def __post_init__(self) -> None:
+        for key in ("tasks_per_node", "nodes", "timeout_min", "array_parallelism"):
+            value = getattr(self, key)
+            require(value > 0, f"cluster.{key}", value, "an integer > 0")
+        require(
+            self.gpus_per_node is None or self.gpus_per_node in (0, self.tasks_per_node),
+            "cluster.tasks_per_node",
+            self.tasks_per_node,
+            f"cluster.gpus_per_node ({self.gpus_per_node}): one task per GPU",
+        )
+        require(self.signal_delay_s >= 0, "cluster.signal_delay_s", self.signal_delay_s, "an integer >= 0")
+        require(self.max_num_timeout >= 0, "cluster.max_num_timeout", self.max_num_timeout, "an integer >= 0")
+
+
 # --- the whole run ---------------------------------------------------------------------------
 
 
@@ -230,6 +266,7 @@ class TrainConfig:
     method: Any = MISSING
     tgl: Any = MISSING
     logger: Any = MISSING
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 register(None, "train_schema", TrainConfig)
@@ -238,6 +275,7 @@ register("trainer", "trainer", TrainerConfig)
 register("data", "synthetic", SyntheticDataConfig)
 register("data", "jsonl", JsonlDataConfig)
 register("logger", "jsonl", JsonlLoggerConfig)
+register("cluster", "cluster", ClusterConfig)
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:

@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -134,6 +135,8 @@ def train(cfg: TrainConfig) -> dict:
     seed_everything(cfg.seed)
     autocast_dtype = AUTOCAST[cfg.trainer.precision]
     resume = load_latest_checkpoint(run_dir)
+    if resume and env.is_main:
+        print(f"Resuming {run_dir} at stage {resume['stage']}, step {resume['step']}", flush=True)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
@@ -288,13 +291,16 @@ def main() -> None:
     """Console entry: check every job's config first, then hand over to Hydra."""
     from lifelong.config import validate_command_line
 
+    # conf/hydra/launcher/submitit_*.yaml give the plugin's launchers the project's defaults under the
+    # plugin's own names, so Hydra validates them against its schemas: intended, not worth a warning
+    warnings.filterwarnings("ignore", message=".*validated against ConfigStore schema with the same name")
+
     if not any(a in ("-h", "--help", "--hydra-help", "-c", "--cfg", "--info") for a in sys.argv[1:]):
         try:
             validate_command_line(sys.argv[1:])
         except ConfigError as error:
             print(f"Config error: {error}", file=sys.stderr)
             sys.exit(2)
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     hydra_main()
 
 

@@ -11,9 +11,13 @@ from omegaconf import OmegaConf
 from lifelong.config import CONF_DIR, ConfigError, TrainConfig, compose_train_config, validate_command_line
 from tests.conftest import REPO
 
-GROUPS = ["model", "data", "method", "tgl", "trainer", "logger", "experiment"]
-# options whose required keys have no default: what a user must add
-REQUIRED = {("model", "local"): ["model.path=/some/model"], ("data", "jsonl"): ["data.path=/some/stream"]}
+GROUPS = ["model", "data", "method", "tgl", "trainer", "logger", "experiment", "cluster", "hydra/launcher"]
+# options that need more than themselves: what a user must add
+REQUIRED = {
+    ("model", "local"): ["model.path=/some/model"],
+    ("data", "jsonl"): ["data.path=/some/stream"],
+    ("cluster", "example"): ["hydra/launcher=submitit_slurm"],
+}
 
 
 def options(group: str) -> list[str]:

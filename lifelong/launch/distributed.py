@@ -23,10 +23,12 @@ class DistEnv:
 def init_distributed(device_type: str) -> DistEnv:
     """torchrun sets RANK/WORLD_SIZE; a submitit job with several tasks gets them from
     submitit's helper. One process: no process group at all."""
-    if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SUBMITIT_FOLDER" in os.environ:
+    if "RANK" not in os.environ and "SUBMITIT_EXECUTOR" in os.environ:
+        from submitit import JobEnvironment
         from submitit.helpers import TorchDistributedEnvironment
 
-        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        if JobEnvironment().num_tasks > 1:
+            TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistEnv()

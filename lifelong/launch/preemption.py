@@ -35,12 +35,15 @@ class Preemption:
         return self.signum is not None
 
     def hand_over(self) -> None:
-        """Restore the previous handlers and deliver the signal to them."""
+        """Restore the previous handlers and deliver the signal to them; if one returns (submitit
+        only logs SIGTERM), end the process anyway: its checkpoint is written."""
         self.uninstall()
         previous = self.previous.get(self.signum, signal.SIG_DFL)
         if callable(previous):
             previous(self.signum, None)
-        os.kill(os.getpid(), self.signum)
+        else:
+            os.kill(os.getpid(), self.signum)
+        raise SystemExit(128 + self.signum)
 
     def uninstall(self) -> None:
         for signum, handler in self.previous.items():

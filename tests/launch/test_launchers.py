@@ -1,0 +1,101 @@
+"""Sweeps through the real submitit launchers: local processes and a local SLURM cluster."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lifelong.track.jsonl import read_jsonl_metrics
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def sweep(sweep_dir, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lifelong.train", "-m", "experiment=smoke", *overrides, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def job_dirs(sweep_dir):
+    return sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def test_submitit_local_two_job_sweep(tmp_path):
+    done = sweep(tmp_path / "sweep", "hydra/launcher=submitit_local", "seed=0,1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = job_dirs(tmp_path / "sweep")
+    assert len(runs) == 2 and all((run / "results.json").exists() for run in runs)
+    assert (tmp_path / "sweep" / ".submitit").is_dir()  # it really went through submitit
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """A single-node SLURM cluster on localhost, started and stopped by the project's scripts."""
+    if shutil.which("slurmctld") is None or shutil.which("munged") is None:
+        pytest.skip("slurm-wlm and munge are not installed (.ci/run installs them)")
+    directory = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "LIFELONG_SLURMCTLD_PORT": str(free_port()), "LIFELONG_SLURMD_PORT": str(free_port())}
+    started = subprocess.run([str(REPO / "slurm" / "start_local_cluster.sh"), str(directory)], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(directory / "slurm.conf")
+    yield directory
+    subprocess.run([str(REPO / "slurm" / "stop_local_cluster.sh"), str(directory)], timeout=60)
+    if previous is None:
+        del os.environ["SLURM_CONF"]
+    else:
+        os.environ["SLURM_CONF"] = previous
+
+
+@pytest.mark.slurm
+def test_submitit_slurm_two_job_sweep(tmp_path, slurm_cluster):
+    done = sweep(tmp_path / "sweep", "hydra/launcher=submitit_slurm", "cluster=local", "seed=0,1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = job_dirs(tmp_path / "sweep")
+    assert len(runs) == 2 and all((run / "results.json").exists() for run in runs)
+    # one SLURM job (an array task) each, with submitit's logs: it really went through sbatch
+    assert len(list((tmp_path / "sweep" / ".submitit").glob("*_*/*_log.out"))) == 2
+
+
+@pytest.mark.slurm
+def test_slurm_requeue_resumes_and_finishes(tmp_path, slurm_cluster):
+    sweep_dir = tmp_path / "sweep"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lifelong.train", "-m", "experiment=smoke", "hydra/launcher=submitit_slurm",
+         "cluster=local", "trainer.steps_per_stage=60", "trainer.checkpoint_every=4", "seed=0",
+         f"hydra.sweep.dir={sweep_dir}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline, requeued = time.monotonic() + 300, False
+    while time.monotonic() < deadline and not requeued:
+        metrics = list(sweep_dir.glob("*/metrics.jsonl"))
+        if metrics and any(r["global_step"] >= 12 for r in read_jsonl_metrics(metrics[0])):
+            jobs = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+            assert len(jobs) == 1
+            subprocess.run(["scontrol", "requeue", jobs[0]], check=True)
+            requeued = True
+        time.sleep(0.05)
+    assert requeued, "the job never got going"
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    run = job_dirs(sweep_dir)[0]
+    assert (run / "results.json").exists()
+    steps = [r["global_step"] for r in read_jsonl_metrics(run / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) and len(steps) == 3 * 60  # resumed: every step once
+    logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").glob("*/*_log.out"))
+    assert "Resuming" in logs  # the requeued job picked up its checkpoint
