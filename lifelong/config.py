@@ -216,6 +216,25 @@ class JsonlLoggerConfig:
     kind: str = "jsonl"
 
 
+class WandbMode(Enum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+@dataclass
+class WandbLoggerConfig:
+    """metrics.jsonl plus a wandb run; WANDB_MODE in the environment overrides `mode`."""
+
+    kind: str = "wandb"
+    project: str = "lifelong"
+    entity: str | None = None
+    mode: WandbMode = WandbMode.offline
+    group: str | None = None  # None: the sweep's name (the run dir's parent)
+    job_type: str | None = None  # None: the method's name
+    tags: list[str] = field(default_factory=list)
+
+
 # --- cluster ---------------------------------------------------------------------------------
 
 
@@ -276,6 +295,7 @@ register("data", "synthetic", SyntheticDataConfig)
 register("data", "jsonl", JsonlDataConfig)
 register("logger", "jsonl", JsonlLoggerConfig)
 register("cluster", "cluster", ClusterConfig)
+register("logger", "wandb", WandbLoggerConfig)
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:
@@ -377,6 +397,17 @@ def validate_command_line(args: list[str], config_name: str = "train") -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = [a for a in args if not a.startswith("-")]
+    if "-m" in args or "--multirun" in args:  # a preset's hydra.sweeper.params sweep too
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        try:
+            params = compose(fixed, config_name).hydra.sweeper.params or {}
+        except (HydraException, OmegaConfBaseException) as error:
+            raise _explain(error, overrides) from error
+        given = {o.split("=")[0].lstrip("+~") for o in overrides}
+        overrides = overrides + [f"{key}={value}" for key, value in params.items() if key not in given]
     jobs = _job_overrides(overrides)
     for job in jobs:
         try:

@@ -38,7 +38,8 @@ from lifelong.launch.preemption import Preemption
 from lifelong.methods.base import Method, StageContext
 from lifelong.models import build_model
 from lifelong.optim import LayerGradNorms, build_optimizer, build_scheduler, default_param_groups
-from lifelong.track.jsonl import JsonlLogger, NullLogger, read_jsonl_metrics
+from lifelong.track import build_logger
+from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.track.plots import grad_norm_heatmap
 from lifelong.track.runinfo import run_info
 
@@ -165,7 +166,7 @@ def train(cfg: TrainConfig) -> dict:
     num_stages = len(stream.stages)
     matrices = resume["matrices"] if resume else {n: [[None] * num_stages for _ in range(num_stages)]
                                                   for n in PROBE_SETS}
-    logger = JsonlLogger(run_dir / "metrics.jsonl") if env.is_main else NullLogger()
+    logger = build_logger(cfg, run_dir, env.is_main)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision is Precision.fp16)
     preemption = Preemption().install()
     tc = cfg.trainer
@@ -265,6 +266,9 @@ def train(cfg: TrainConfig) -> dict:
                 matrices[name][t][j] = sets[name]
         if env.is_main:
             print(format_row(t, row), flush=True)
+            logger.log_table(f"perplexity/after_stage_{t}", ["probe_stage", *PROBE_SETS],
+                             [[j, *(sets[n] for n in PROBE_SETS)] for j, sets in enumerate(row)],
+                             step=(t + 1) * tc.steps_per_stage)
         # the next stage starts from here: no optimizer state (each stage builds its own)
         checkpoint(run_dir, env, tc, (t + 1) * tc.steps_per_stage, {"stage": t + 1, "step": 0}, model, hooks,
                    matrices)

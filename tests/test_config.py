@@ -17,6 +17,7 @@ REQUIRED = {
     ("model", "local"): ["model.path=/some/model"],
     ("data", "jsonl"): ["data.path=/some/stream"],
     ("cluster", "example"): ["hydra/launcher=submitit_slurm"],
+    ("experiment", "paper_main"): ["model.path=/models/gpt2", "data.path=/data/stream"],
 }
 
 
@@ -29,7 +30,7 @@ def options(group: str) -> list[str]:
 )
 def test_every_option_composes_and_validates(group, option):
     overrides = [f"{group}={option}", *REQUIRED.get((group, option), [])]
-    assert validate_command_line(overrides) == 1
+    assert validate_command_line(overrides) == 1  # a single run: the preset's sweep is not expanded
 
 
 def test_groups_are_not_empty():
@@ -45,6 +46,13 @@ def test_default_config_is_typed():
 
 def test_sweep_expands_to_every_job():
     assert validate_command_line(["-m", "seed=0,1,2", "model=tiny_gpt2,tiny_llama"]) == 6
+
+
+def test_a_presets_sweeper_params_are_validated_too():
+    assert validate_command_line(["-m", "experiment=paper_main_cpu"]) == 7 * 3 * 3
+    assert validate_command_line(["-m", "experiment=paper_main_cpu", "seed=0"]) == 7 * 3
+    with pytest.raises(ConfigError, match="method.mask_fraction"):
+        validate_command_line(["-m", "experiment=paper_main_cpu", "method.mask_fraction=2"])
 
 
 @pytest.mark.parametrize(

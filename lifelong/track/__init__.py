@@ -1,1 +1,34 @@
-"""Tracking: metrics.jsonl always, wandb optionally; run metadata."""
+"""Tracking: metrics.jsonl always, wandb optionally; run metadata and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lifelong.track.jsonl import JsonlLogger, NullLogger
+
+
+def build_logger(cfg, run_dir: Path, is_main: bool):
+    """The run's logger: rank 0 only; every logger writes metrics.jsonl."""
+    if not is_main:
+        return NullLogger()
+    if cfg.logger.kind != "wandb":
+        return JsonlLogger(run_dir / "metrics.jsonl")
+    from omegaconf import OmegaConf
+
+    from lifelong.track.runinfo import run_info
+    from lifelong.track.wandb import WandbLogger, config_identity
+
+    config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+    config.pop("run_dir")
+    identity = config_identity(config, run_dir)
+    info = run_info()
+    return WandbLogger(
+        run_dir / "metrics.jsonl",
+        project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode.value,
+        group=cfg.logger.group or run_dir.resolve().parent.name, job_type=cfg.logger.job_type or cfg.method.name,
+        tags=list(cfg.logger.tags),
+        config={**config, "git_sha": info["git"]["sha"], "packages": info["packages"]}, identity=identity,
+    )
+
+
+__all__ = ["build_logger", "JsonlLogger", "NullLogger"]

@@ -19,6 +19,9 @@ class JsonlLogger:
     def log_image(self, key: str, path: Path, step: int | None = None) -> None:
         """Images stay as files in the run dir; trackers such as wandb upload them too."""
 
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int | None = None) -> None:
+        """Tables land in results.json; trackers such as wandb log them too."""
+
     def close(self) -> None:
         self._file.close()
 
@@ -27,13 +30,13 @@ def read_jsonl_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-class NullLogger:
+class NullLogger(JsonlLogger):
     """What ranks other than 0 log to."""
 
-    def log(self, record: dict[str, Any]) -> None:
+    def __init__(self) -> None:
         pass
 
-    def log_image(self, key: str, path: Path, step: int | None = None) -> None:
+    def log(self, record: dict[str, Any]) -> None:
         pass
 
     def close(self) -> None:

@@ -1,0 +1,1 @@
+"""Sweep dir -> the paper's table (Markdown, CSV, LaTeX) and plots."""

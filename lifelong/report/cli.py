@@ -1,0 +1,72 @@
+"""`lifelong-report SWEEP_DIR`: the paper's table from a sweep, as Markdown, CSV and LaTeX, plus plots.
+
+    lifelong-report outputs/sweeps/2026-11-24_12-00-00 --table main --format md,csv,tex
+
+A run without results.json (missing or failed) is never dropped silently: the report names
+it and exits 1, unless --allow-missing, which marks its cells in the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lifelong.report.collect import collect_runs
+from lifelong.report.plots import localization_profile, stage_heatmaps
+from lifelong.report.tables import TABLES, build_table, formatted, to_latex, to_markdown
+
+FORMATS = ("md", "csv", "tex")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="lifelong-report", description=__doc__.split("\n")[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--table", choices=TABLES, default="main")
+    parser.add_argument("--format", default="md,csv,tex", help=f"comma-separated subset of {','.join(FORMATS)}")
+    parser.add_argument("--out", type=Path, default=None, help="output dir (default: SWEEP_DIR/report)")
+    parser.add_argument("--allow-missing", action="store_true", help="mark missing runs instead of failing")
+    args = parser.parse_args(argv)
+    unknown = set(args.format.split(",")) - set(FORMATS)
+    if unknown:
+        parser.error(f"--format: unknown {sorted(unknown)}; allowed: {', '.join(FORMATS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    runs = collect_runs(args.sweep_dir)
+    means, stds, missing = build_table(runs, args.table)
+    if missing and not args.allow_missing:
+        print("Missing or failed runs (use --allow-missing to report without them):", file=sys.stderr)
+        for cell in missing:
+            print(f"  {cell}", file=sys.stderr)
+        return 1
+    out = args.out or args.sweep_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    incomplete = {f"{r.method} / {r.tgl}" for r in runs if r.results is None}
+    written = []
+    if "md" in args.format:
+        path = out / f"{args.table}.md"
+        path.write_text(to_markdown(formatted(means, stds, incomplete, ("**", "**"))))
+        written.append(path)
+        print(path.read_text())
+    if "csv" in args.format:
+        path = out / f"{args.table}.csv"
+        means.join(stds, lsuffix="_mean", rsuffix="_std").to_csv(path, index_label="method / tgl")
+        written.append(path)
+    if "tex" in args.format:
+        path = out / f"{args.table}.tex"
+        path.write_text(to_latex(formatted(means, stds, incomplete, (r"\textbf{", "}"))))
+        written.append(path)
+    written += stage_heatmaps(runs, out)
+    profile = localization_profile(runs, out)
+    written += [profile] if profile else []
+    if missing:
+        print("Marked as missing: " + "; ".join(missing), file=sys.stderr)
+    print("Wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Report plots: stage x stage perplexity heatmaps per row, and the gradient localization profile."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lifelong.data.stream import PROBE_SETS  # noqa: E402
+from lifelong.report.collect import Run  # noqa: E402
+
+
+def _mean_matrix(runs: list[Run], name: str) -> np.ndarray:
+    """Mean over seeds; cells of empty probe sets (None) stay NaN, drawn blank."""
+    matrices = np.stack([np.array(r.results["probe_sets"][name]["matrix"], dtype=float) for r in runs])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells
+        return np.nanmean(matrices, axis=0)
+
+
+def stage_heatmaps(runs: list[Run], out_dir: Path) -> list[Path]:
+    paths = []
+    cells: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        if run.results is not None:
+            cells.setdefault(run.cell, []).append(run)
+    for (method, tgl), group in cells.items():
+        fig, axes = plt.subplots(1, len(PROBE_SETS), figsize=(4 * len(PROBE_SETS), 3.5))
+        for ax, name in zip(axes, PROBE_SETS, strict=True):
+            matrix = _mean_matrix(group, name)
+            image = ax.imshow(np.log(matrix), cmap="magma_r")
+            ax.set_title(f"{name}: log ppl")
+            ax.set_xlabel("probes of stage j")
+            ax.set_ylabel("after training stage i")
+            fig.colorbar(image, ax=ax, fraction=0.046)
+        fig.suptitle(f"{method} / {tgl} (mean over {len(group)} seeds)")
+        fig.tight_layout()
+        path = out_dir / f"heatmap_{method}_{tgl}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def localization_profile(runs: list[Run], out_dir: Path) -> Path | None:
+    """Mean training grad norm per layer per row; and, where TGL traced, temporal vs control."""
+    done = [r for r in runs if r.results is not None and r.grad_norms]
+    if not done:
+        return None
+    traced = [t for r in done for t in r.traces]
+    fig, axes = plt.subplots(1, 2 if traced else 1, figsize=(12 if traced else 7, 4), squeeze=False)
+    cells: dict[tuple[str, str], list[Run]] = {}
+    for run in done:
+        cells.setdefault(run.cell, []).append(run)
+    for (method, tgl), group in cells.items():
+        layers = list(group[0].grad_norms)
+        values = [np.mean([r.grad_norms.get(layer, np.nan) for r in group]) for layer in layers]
+        axes[0][0].plot(layers, values, marker="o", label=f"{method} / {tgl}")
+    axes[0][0].set_yscale("log")
+    axes[0][0].set_title("mean training gradient norm per layer")
+    axes[0][0].tick_params(axis="x", rotation=45)
+    axes[0][0].legend(fontsize=7)
+    if traced:
+        layers = traced[0]["layers"]
+        temporal = np.mean([t["temporal"] for t in traced if t["layers"] == layers], axis=0)
+        control = np.mean([t["control"] for t in traced if t["layers"] == layers], axis=0)
+        x = np.arange(len(layers))
+        axes[0][1].bar(x - 0.2, temporal, 0.4, label="temporal (knowledge spans)")
+        axes[0][1].bar(x + 0.2, control, 0.4, label="control")
+        axes[0][1].set_xticks(x, layers, rotation=45)
+        axes[0][1].set_title(f"TGL traces: mean of {len(traced)}")
+        axes[0][1].legend()
+    fig.tight_layout()
+    path = out_dir / "localization_profile.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
