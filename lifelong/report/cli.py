@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(path.read_text())
     if "csv" in args.format:
         path = out / f"{args.table}.csv"
-        means.join(stds, lsuffix="_mean", rsuffix="_std").to_csv(path, index_label="method / tgl")
+        means.add_suffix("_mean").join(stds.add_suffix("_std")).to_csv(path, index_label="method / tgl")
         written.append(path)
     if "tex" in args.format:
         path = out / f"{args.table}.tex"

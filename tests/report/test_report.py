@@ -1,0 +1,88 @@
+"""lifelong-report on a real tiny sweep: rows, columns, mean ± std, missing cells."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from statistics import mean, stdev
+
+import pandas as pd
+import pytest
+
+from lifelong.report.cli import main as report
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    done = subprocess.run(
+        [sys.executable, "-m", "lifelong.train", "-m", "experiment=smoke", "data.num_stages=2",
+         "trainer.steps_per_stage=3", "method=finetune,ewc", "tgl=none,freeze", "seed=0,1",
+         f"hydra.sweep.dir={sweep_dir}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return sweep_dir
+
+
+def results_of(sweep_dir):
+    out = {}
+    for path in sweep_dir.glob("*/results.json"):
+        overrides = dict(o.split("=") for o in path.parent.name.split("_", 1)[1].split(","))
+        out.setdefault((overrides["method"], overrides["tgl"]), []).append(json.loads(path.read_text()))
+    return out
+
+
+def test_table_rows_columns_and_mean_std(sweep, tmp_path):
+    assert report([str(sweep), "--out", str(tmp_path), "--format", "md,csv,tex"]) == 0
+    table = pd.read_csv(tmp_path / "main.csv", index_col=0)
+    assert sorted(table.index) == ["ewc / freeze", "ewc / none", "finetune / freeze", "finetune / none"]
+    assert list(table.columns) == [f"{c}_{s}" for s in ("mean", "std")
+                                   for c in ("changed", "unchanged", "new", "forgetting", "avg")]
+    for (method, tgl), runs in results_of(sweep).items():
+        assert len(runs) == 2
+        changed = [r["probe_sets"]["changed"]["final"] for r in runs]
+        assert table.loc[f"{method} / {tgl}", "changed_mean"] == pytest.approx(mean(changed))
+        assert table.loc[f"{method} / {tgl}", "changed_std"] == pytest.approx(stdev(changed))
+        finals = [mean(r["probe_sets"][n]["final"] for n in ("changed", "unchanged", "new")) for r in runs]
+        assert table.loc[f"{method} / {tgl}", "avg_mean"] == pytest.approx(mean(finals))
+    markdown = (tmp_path / "main.md").read_text()
+    best = table["new_mean"].idxmin()
+    assert f"**{table.loc[best, 'new_mean']:.2f} ± {table.loc[best, 'new_std']:.2f}**" in markdown
+    assert r"\textbf{" in (tmp_path / "main.tex").read_text()
+    assert (tmp_path / "heatmap_ewc_freeze.png").exists() and (tmp_path / "localization_profile.png").exists()
+
+
+def test_missing_run_fails_unless_allowed(sweep, tmp_path, capsys):
+    broken = tmp_path / "sweep"
+    shutil.copytree(sweep, broken)
+    victim = next(p for p in broken.glob("*/results.json") if "method=ewc" in p.parent.name)
+    victim.unlink()
+    assert report([str(broken), "--out", str(tmp_path / "a")]) == 1
+    assert victim.parent.name in capsys.readouterr().err
+    assert report([str(broken), "--out", str(tmp_path / "b"), "--allow-missing"]) == 0
+    tgl = dict(o.split("=") for o in victim.parent.name.split("_", 1)[1].split(","))["tgl"]
+    markdown = (tmp_path / "b" / "main.md").read_text()
+    row = next(line for line in markdown.splitlines() if line.startswith(f"| ewc / {tgl} "))
+    assert "(incomplete)" in row
+    table = pd.read_csv(tmp_path / "b" / "main.csv", index_col=0)
+    assert not math.isnan(table.loc[f"ewc / {tgl}", "changed_mean"])  # the other seed remains
+
+
+def test_every_cpu_preset_runs_a_tiny_version(tmp_path):
+    from lifelong.config import CONF_DIR, compose_train_config, validate_command_line
+    from lifelong.train import train
+
+    presets = [p.stem for p in (CONF_DIR / "experiment").glob("*_cpu.yaml")]
+    assert presets
+    for preset in presets:
+        assert validate_command_line(["-m", f"experiment={preset}"]) > 1
+        cfg = compose_train_config([f"experiment={preset}", "data=synthetic_tiny", "trainer.steps_per_stage=2",
+                                    "trainer.log_every=1", "method=migu", "tgl=freeze"], run_dir=str(tmp_path / preset))
+        assert math.isfinite(train(cfg)["probe_sets"]["new"]["final"])

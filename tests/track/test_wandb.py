@@ -1,0 +1,38 @@
+"""A real offline wandb run, read back from disk."""
+
+from __future__ import annotations
+
+import pytest
+
+from lifelong.track.jsonl import read_jsonl_metrics
+from lifelong.track.wandb_offline import read_offline_run
+from lifelong.train import train
+from tests.conftest import make_config
+
+
+def run_files(run_dir):
+    return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def test_offline_run_holds_per_layer_norms_and_a_resume_keeps_its_id(tmp_path):
+    run_dir = tmp_path / "run"
+    train(make_config(run_dir, "logger=wandb", "data.num_stages=2"))
+    (first,) = run_files(run_dir)
+    run_id, history = read_offline_run(first)
+    metrics = read_jsonl_metrics(run_dir / "metrics.jsonl")
+    steps = [row for row in history if "loss" in row]
+    assert [row["global_step"] for row in steps] == [r["global_step"] for r in metrics]
+    for row, record in zip(steps, metrics, strict=True):
+        for key in ("grad_norm/layer_00", "grad_norm/layer_01", "grad_norm/embed", "loss", "lr"):
+            assert row[key] == pytest.approx(record[key])
+    assert any(key.startswith("perplexity/after_stage_1") for row in history for key in row)
+    assert any(key.startswith("grad_norm_heatmap/stage_1") for row in history for key in row)
+
+    (run_dir / "results.json").unlink()  # as if the job had been preempted after its last checkpoint
+    train(make_config(run_dir, "logger=wandb", "data.num_stages=2"))
+    files = run_files(run_dir)
+    assert len(files) == 2 and read_offline_run(files[1])[0] == run_id
+
+    other = tmp_path / "other"
+    train(make_config(other, "logger=wandb", "data.num_stages=2", "seed=1"))
+    assert read_offline_run(run_files(other)[0])[0] != run_id
