@@ -253,7 +253,7 @@ def train(cfg: TrainConfig) -> dict:
                 logger.close()
                 preemption.hand_over()
 
-        for hook in hooks:
+        for hook in reversed(hooks):  # undo in reverse: TGL releases its freeze before EWC's Fisher
             hook.after_stage(ctx)
         if env.is_main:
             records = read_jsonl_metrics(run_dir / "metrics.jsonl")

@@ -50,27 +50,28 @@ def empirical_fisher(model: nn.Module, blocks: torch.Tensor, samples: int, devic
 class EWC(Method):
     def __init__(self, cfg: EWCConfig):
         self.cfg = cfg
-        # one (fisher, anchor) per finished stage; online EWC keeps a single decayed pair
+        # one (fisher, anchor) per finished stage, keyed by parameter name (what trains may differ
+        # between stages, e.g. LoRA from stage 1 on); online EWC keeps a single decayed pair
         self.terms: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
-        self.params: list[nn.Parameter] = []  # the penalized parameters, in the terms' key order
+        self.params: dict[str, nn.Parameter] = {}
 
     def after_stage(self, ctx: StageContext) -> None:
         fisher = empirical_fisher(ctx.model, ctx.stage_blocks[ctx.index], self.cfg.fisher_samples, ctx.device)
-        params = trainable(ctx.model)
-        self.params = list(params.values())
-        anchor = {name: p.detach().clone() for name, p in params.items()}
+        self.params = dict(ctx.model.named_parameters())
+        anchor = {name: self.params[name].detach().clone() for name in fisher}
         if self.cfg.online and self.terms:
             old = self.terms[0][0]
-            fisher = {name: self.cfg.gamma * old[name] + value for name, value in fisher.items()}
+            fisher = {name: self.cfg.gamma * old[name] + value if name in old else value
+                      for name, value in fisher.items()}
             self.terms = []
         self.terms.append((fisher, anchor))
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
         if not self.terms:
             return None
-        total = self.params[0].new_zeros((), dtype=torch.float32)
+        total = torch.zeros((), dtype=torch.float32, device=next(iter(self.params.values())).device)
         for fisher, anchor in self.terms:
-            diffs = torch._foreach_sub(self.params, list(anchor.values()))
+            diffs = torch._foreach_sub([self.params[name] for name in anchor], list(anchor.values()))
             weighted = torch._foreach_mul(torch._foreach_mul(diffs, diffs), list(fisher.values()))
             total = total + torch.stack([w.sum() for w in weighted]).sum()
         return self.cfg.ewc_lambda / 2 * total
@@ -82,9 +83,7 @@ class EWC(Method):
         self.terms = state["terms"]
 
     def before_stage(self, ctx: StageContext) -> None:
-        if self.terms:  # after a resume, find the parameters the loaded terms name
-            params = trainable(ctx.model)
-            self.params = [params[name] for name in self.terms[0][0]]
+        self.params = dict(ctx.model.named_parameters())  # also after a resume
 
 
 @dataclass
