@@ -138,6 +138,60 @@ class JsonlDataConfig:
         return load_stream(Path(self.path))
 
 
+@dataclass
+class TemporalWikiDataConfig:
+    kind: str = "temporalwiki"
+    root: str = MISSING  # holds TWiki_Diffsets/ and twiki_probes/
+    stages: list[str] = field(default_factory=lambda: ["0809", "0910", "1011", "1112"])
+    probe_target: str = "sentence"  # sentence (TemporalWiki's protocol) | object
+    seq_len: int = 512
+    vocab_size: int = 512  # used only when the model has no tokenizer of its own
+
+    def __post_init__(self) -> None:
+        require(self.probe_target in ("sentence", "object"), "data.probe_target", self.probe_target,
+                "sentence or object")
+        require(all(len(s) == 4 and s.isdigit() for s in self.stages), "data.stages", list(self.stages),
+                "month pairs such as 0809")
+
+    def build(self):
+        from lifelong.data.temporalwiki import load_temporalwiki
+
+        return load_temporalwiki(Path(self.root), list(self.stages), self.probe_target)
+
+
+@dataclass
+class TempLAMADataConfig:
+    kind: str = "templama"
+    files: list[str] = MISSING  # jsonl files, e.g. [ROOT/train.json, ROOT/val.json, ROOT/test.json]
+    seq_len: int = 64
+    vocab_size: int = 2048
+
+    def build(self):
+        from lifelong.data.templama import load_templama
+
+        return load_templama([Path(f) for f in self.files])
+
+
+@dataclass
+class ECBDDataConfig:
+    kind: str = "ecbd"
+    root: str = MISSING  # holds one directory per year
+    years: list[str] = field(default_factory=lambda: ["2019", "2020", "2021"])
+    spans: str = "np"  # np (ECBD-NP) | random
+    split: str = "test"  # dev | test
+    seq_len: int = 128
+    vocab_size: int = 2048
+
+    def __post_init__(self) -> None:
+        require(self.spans in ("np", "random"), "data.spans", self.spans, "np or random")
+        require(self.split in ("dev", "test"), "data.split", self.split, "dev or test")
+
+    def build(self):
+        from lifelong.data.ecbd import load_ecbd
+
+        return load_ecbd(Path(self.root), list(self.years), self.spans, self.split)
+
+
 # --- trainer ---------------------------------------------------------------------------------
 
 
@@ -293,6 +347,9 @@ register("model", "model", ModelConfig)
 register("trainer", "trainer", TrainerConfig)
 register("data", "synthetic", SyntheticDataConfig)
 register("data", "jsonl", JsonlDataConfig)
+register("data", "temporalwiki", TemporalWikiDataConfig)
+register("data", "templama", TempLAMADataConfig)
+register("data", "ecbd", ECBDDataConfig)
 register("logger", "jsonl", JsonlLoggerConfig)
 register("cluster", "cluster", ClusterConfig)
 register("logger", "wandb", WandbLoggerConfig)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from lifelong.config import CONF_DIR, ConfigError, Device, Precision, TrainConfig, to_train_config
 from lifelong.data.stream import PROBE_SETS, Stream
 from lifelong.data.tokens import load_tokenizer, pack, train_tokenizer
-from lifelong.eval.metrics import summarize
+from lifelong.eval.metrics import fuar, summarize
 from lifelong.eval.perplexity import EncodedProbes, encode_probes, perplexity
 from lifelong.launch.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from lifelong.launch.distributed import DistEnv, any_rank, init_distributed, mean_across_ranks
@@ -111,12 +111,12 @@ def format_row(stage: int, row: list[dict[str, float | None]]) -> str:
 
 
 def checkpoint(run_dir: Path, env: DistEnv, tc, global_step: int, state: dict, model, hooks: list[Method],
-               matrices: dict) -> None:
+               matrices: dict, initial: list[dict]) -> None:
     """Everything a resume needs besides `state` (position and optimizer); rank 0 writes."""
     if env.is_main:
         save_checkpoint(run_dir, global_step, {
             **state, "global_step": global_step, "model": model.state_dict(), "rng": rng_state(),
-            "hooks": [h.state_dict() for h in hooks], "matrices": matrices,
+            "hooks": [h.state_dict() for h in hooks], "matrices": matrices, "initial": initial,
         }, tc.keep_checkpoints)
     if env.world_size > 1:
         torch.distributed.barrier()
@@ -173,6 +173,8 @@ def train(cfg: TrainConfig) -> dict:
     local_batch = tc.micro_batch_size * tc.grad_accum
     step_batch = local_batch * env.world_size  # the global batch: ranks take disjoint slices of it
     first_stage, first_step = (resume["stage"], resume["step"]) if resume else (0, 0)
+    # the untrained model's perplexities: the reference of forward transfer
+    initial = resume["initial"] if resume else evaluate(model, probes, cfg, device, tokenizer.pad_token_id)
 
     for t in range(first_stage, num_stages):
         resuming_mid_stage = resume is not None and t == first_stage and first_step > 0
@@ -248,7 +250,8 @@ def train(cfg: TrainConfig) -> dict:
                 state = {"stage": t, "step": step + 1, "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                          "window_loss": window_loss.detach().cpu()}
-                checkpoint(run_dir, env, tc, t * tc.steps_per_stage + step + 1, state, model, hooks, matrices)
+                checkpoint(run_dir, env, tc, t * tc.steps_per_stage + step + 1, state, model, hooks, matrices,
+                           initial)
             if preempted:
                 logger.close()
                 preemption.hand_over()
@@ -271,15 +274,18 @@ def train(cfg: TrainConfig) -> dict:
                              step=(t + 1) * tc.steps_per_stage)
         # the next stage starts from here: no optimizer state (each stage builds its own)
         checkpoint(run_dir, env, tc, (t + 1) * tc.steps_per_stage, {"stage": t + 1, "step": 0}, model, hooks,
-                   matrices)
+                   matrices, initial)
 
     preemption.uninstall()
     logger.close()
     results = {
         "stages": [stage.name for stage in stream.stages],
         "probe_sets": {
-            name: {"matrix": matrices[name], **summarize(matrices[name])} for name in PROBE_SETS
+            name: {"matrix": matrices[name], "initial": [sets[name] for sets in initial],
+                   **summarize(matrices[name], [sets[name] for sets in initial])}
+            for name in PROBE_SETS
         },
+        "fuar": fuar(matrices["changed"], matrices["unchanged"], matrices["new"]),
     }
     if env.is_main:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))

@@ -18,6 +18,9 @@ REQUIRED = {
     ("data", "jsonl"): ["data.path=/some/stream"],
     ("cluster", "example"): ["hydra/launcher=submitit_slurm"],
     ("experiment", "paper_main"): ["model.path=/models/gpt2", "data.path=/data/stream"],
+    ("data", "temporalwiki"): ["data.root=/data/twiki"],
+    ("data", "templama"): ["data.files=[/data/templama/test.json]"],
+    ("data", "ecbd"): ["data.root=/data/ecbd"],
 }
 
 

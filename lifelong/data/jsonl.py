@@ -23,6 +23,11 @@ class DataFormatError(ValueError):
 
 def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
     """Records of a jsonl file; a malformed line names the file and the line."""
+    return [record for _, record in numbered_jsonl(path, required)]
+
+
+def numbered_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """(line number, record) of every non-empty line, for errors found later that name the line."""
     records = []
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
@@ -37,7 +42,7 @@ def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
             absent = [key for key in required if key not in record]
             if absent:
                 raise DataFormatError(f"{path}:{number}: missing field(s) {absent}")
-            records.append(record)
+            records.append((number, record))
     return records
 
 

@@ -7,6 +7,7 @@ Differences are taken in log-perplexity so "lower is better" stays explicit:
   at any point from stage j to T-2); > 0 means knowledge was lost.
 - `backward_transfer`: mean over j < T-1 of (log ppl right after stage j - log ppl after the
   last stage); < 0 means later training hurt stage j (avalanche's sign convention).
+- `forward_transfer` and `fuar`: below.
 """
 
 from __future__ import annotations
@@ -45,9 +46,43 @@ def backward_transfer(matrix: Matrix) -> float | None:
     return _mean(gaps)
 
 
-def summarize(matrix: Matrix) -> dict[str, float | None]:
+def summarize(matrix: Matrix, initial: list[float | None]) -> dict[str, float | None]:
     return {
         "final": final_perplexity(matrix),
         "forgetting": forgetting(matrix),
         "backward_transfer": backward_transfer(matrix),
+        "forward_transfer": forward_transfer(matrix, initial),
     }
+
+
+def forward_transfer(matrix: Matrix, initial: list[float | None]) -> float | None:
+    """Mean over j >= 1 of (log ppl on stage j's probes just before training it - log ppl of the
+    untrained model on them); < 0 means earlier stages helped (GEM's FWT, in log-perplexity)."""
+    gaps = [
+        math.log(matrix[j - 1][j]) - math.log(initial[j])
+        for j in range(1, len(matrix))
+        if matrix[j - 1][j] is not None and initial[j] is not None
+    ]
+    return _mean(gaps)
+
+
+def fuar(changed: Matrix, unchanged: Matrix, new: Matrix) -> float | None:
+    """CKL's Forgotten / (Updated + Acquired), with perplexity gaps instead of counts of facts.
+
+    For every update stage t >= 1, from just before training stage t (row t-1) to just after
+    (row t), on stage t's probes: forgotten = rise in log ppl of `unchanged`, updated = fall of
+    `changed`, acquired = fall of `new`, each clipped at 0. FUAR = sum forgotten / sum (updated +
+    acquired); lower is better, < 1 means more was learned than forgotten. None when nothing was
+    updated or acquired.
+    """
+
+    def gap(matrix: Matrix, t: int, sign: int) -> float:
+        before, after = matrix[t - 1][t], matrix[t][t]
+        if before is None or after is None:
+            return 0.0
+        return max(0.0, sign * (math.log(after) - math.log(before)))
+
+    stages = range(1, len(changed))
+    forgotten = sum(gap(unchanged, t, +1) for t in stages)
+    gained = sum(gap(changed, t, -1) + gap(new, t, -1) for t in stages)
+    return forgotten / gained if gained > 0 else None

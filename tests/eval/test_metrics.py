@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from lifelong.eval.metrics import backward_transfer, final_perplexity, forgetting, summarize
+from lifelong.eval.metrics import backward_transfer, final_perplexity, forgetting, forward_transfer, fuar, summarize
 
 MATRIX = [
     [10.0, 50.0, None],
@@ -33,4 +33,23 @@ def test_backward_transfer_sign():
 
 
 def test_summarize_keys():
-    assert set(summarize(MATRIX)) == {"final", "forgetting", "backward_transfer"}
+    assert set(summarize(MATRIX, [1.0, 1.0, 1.0])) == {"final", "forgetting", "backward_transfer", "forward_transfer"}
+
+
+def test_forward_transfer_against_the_untrained_model():
+    initial = [100.0, 80.0, 60.0]
+    # before training stage 1: 50 (vs 80 untrained); before stage 2: empty set (None), skipped
+    expected = math.log(50 / 80)
+    assert forward_transfer(MATRIX, initial) == pytest.approx(expected)
+
+
+def test_fuar_by_hand():
+    changed = [[None, 30.0, 9.0], [None, 10.0, 40.0], [None, 12.0, 20.0]]
+    unchanged = [[None, 5.0, 6.0], [None, 10.0, 6.0], [None, 11.0, 3.0]]
+    new = [[9.0, 50.0, 70.0], [8.0, 25.0, 35.0], [7.0, 30.0, 70.0]]
+    # t=1: forgotten log(10/5), updated log(30/10), acquired log(50/25)
+    # t=2: forgotten 0 (6 -> 3 fell), updated log(40/20), acquired 0 (35 -> 70 rose)
+    expected = math.log(2) / (math.log(3) + math.log(2) + math.log(2))
+    assert fuar(changed, unchanged, new) == pytest.approx(expected)
+    flat = [[None, 1.0], [None, 1.0]]
+    assert fuar(flat, flat, flat) is None

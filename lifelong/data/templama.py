@@ -1,0 +1,61 @@
+"""TempLAMA (Dhingra et al. 2022) and Dynamic TempLAMA from their jsonl files on disk.
+
+Each line: `query` (with `_X_` for the object), `answer` (a list of {wikidata_id, name}; a
+single dict is accepted), `date` (a year, or a quarter such as `2019-Q1` in Dynamic TempLAMA),
+`id` (`<QID>_<PID>_<date>`), `relation`, `most_frequent_answer`, `most_recent_answer`.
+
+One stage per date. A fact is (subject QID, relation PID); at each date it is `new` when first
+seen, `changed` when its answer set differs from its previous date's, else `unchanged`. A
+stage's training text states its facts (the query with the first answer filled in); probes
+score the answer span. Changed and new facts are the temporal side of TGL's tracing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lifelong.data.jsonl import DataFormatError, numbered_jsonl
+from lifelong.data.stream import Probe, Stage, Stream
+
+FIELDS = ("query", "answer", "date", "id", "relation")
+
+
+def answers(record: dict, where: str) -> list[str]:
+    answer = record["answer"]
+    answer = [answer] if isinstance(answer, dict) else answer
+    if not answer or not all(isinstance(a, dict) and "name" in a for a in answer):
+        raise DataFormatError(f"{where}: `answer` must be a list of {{wikidata_id, name}}")
+    return [a["name"] for a in answer]
+
+
+def fill(query: str, obj: str, where: str) -> Probe:
+    if "_X_" not in query:
+        raise DataFormatError(f"{where}: query has no _X_ placeholder: {query!r}")
+    start = query.index("_X_")
+    text = query.replace("_X_", obj, 1)
+    return Probe(text, (start, start + len(obj)))
+
+
+def load_templama(files: list[Path]) -> Stream:
+    by_date: dict[str, list[tuple[tuple[str, str], Probe, frozenset[str]]]] = {}
+    for path in files:
+        if not path.exists():
+            raise FileNotFoundError(f"data.files: missing TempLAMA file: {path}")
+        for line, record in numbered_jsonl(path, FIELDS):
+            where = f"{path}:{line}"
+            names = answers(record, where)
+            parts = str(record["id"]).split("_")
+            key = (parts[0], str(record["relation"]))
+            by_date.setdefault(str(record["date"]), []).append(
+                (key, fill(record["query"], names[0], where), frozenset(names)))
+    last: dict[tuple[str, str], frozenset[str]] = {}
+    stages = []
+    for date in sorted(by_date):
+        probes: dict[str, list[Probe]] = {"changed": [], "unchanged": [], "new": []}
+        for key, probe, names in by_date[date]:
+            kind = "new" if key not in last else "changed" if last[key] != names else "unchanged"
+            probes[kind].append(probe)
+            last[key] = names
+        stages.append(Stage(name=date, train=[p.text for _, p, _ in by_date[date]], probes=probes,
+                            knowledge=probes["changed"] + probes["new"]))
+    return Stream(stages)

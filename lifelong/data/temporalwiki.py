@@ -1,0 +1,66 @@
+"""TemporalWiki (Jang et al. 2022) from its released files on disk.
+
+    ROOT/TWiki_Diffsets/wikipedia_0809_gpt2.csv     one column `text`: the 08->09 diffset
+    ROOT/twiki_probes/0801-0901_changed.csv         header subject,relation,object
+    ROOT/twiki_probes/0801-0901_unchanged.csv
+
+A stage is a month pair (`0809`): its diffset is the training text, its probes are the
+changed / unchanged facts of that pair (TemporalWiki has no new-entity probes). A probe is
+`subject relation object`, scored over the whole sequence as in TemporalWiki, or over the
+object only (`probe_target: object`). Changed facts with their object spans are the temporal
+side of TGL's tracing.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+from lifelong.data.jsonl import DataFormatError
+from lifelong.data.stream import Probe, Stage, Stream
+
+csv.field_size_limit(sys.maxsize)  # diffset rows are whole articles
+
+
+def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """Rows of a CSV with a header; a missing column or a short row names the file and line."""
+    if not path.exists():
+        raise FileNotFoundError(f"missing TemporalWiki file: {path}")
+    with path.open(encoding="utf-8", newline="") as file:
+        reader = csv.DictReader(file)
+        absent = [c for c in columns if c not in (reader.fieldnames or [])]
+        if absent:
+            raise DataFormatError(f"{path}:1: header lacks column(s) {absent} (has {reader.fieldnames})")
+        rows = []
+        for row in reader:
+            if any(row.get(c) is None for c in columns):
+                raise DataFormatError(f"{path}:{reader.line_num}: row has fewer fields than the header")
+            rows.append(row)
+    return rows
+
+
+def fact_probe(row: dict[str, str], target: str) -> Probe:
+    text = f"{row['subject']} {row['relation']} {row['object']}"
+    if target == "object":
+        return Probe(text, (len(text) - len(row["object"]), len(text)))
+    return Probe.whole(text)
+
+
+def load_temporalwiki(root: Path, stages: list[str], probe_target: str) -> Stream:
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root: TemporalWiki directory not found: {root}")
+    out = []
+    for pair in stages:
+        diffset = root / "TWiki_Diffsets" / f"wikipedia_{pair}_gpt2.csv"
+        probes_prefix = root / "twiki_probes" / f"{pair[:2]}01-{pair[2:]}01"
+        changed = read_csv(Path(f"{probes_prefix}_changed.csv"), ("subject", "relation", "object"))
+        unchanged = read_csv(Path(f"{probes_prefix}_unchanged.csv"), ("subject", "relation", "object"))
+        out.append(Stage(
+            name=pair,
+            train=[row["text"] for row in read_csv(diffset, ("text",)) if row["text"].strip()],
+            probes={"changed": [fact_probe(r, probe_target) for r in changed],
+                    "unchanged": [fact_probe(r, probe_target) for r in unchanged], "new": []},
+            knowledge=[fact_probe(r, "object") for r in changed],
+        ))
+    return Stream(out)

@@ -1,0 +1,99 @@
+"""Loaders of the real temporal datasets on fixtures written in their published formats."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lifelong.config import compose_train_config
+from lifelong.data.ecbd import load_ecbd
+from lifelong.data.jsonl import DataFormatError
+from lifelong.data.templama import load_templama
+from lifelong.data.temporalwiki import load_temporalwiki
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def test_temporalwiki_stages_probes_and_spans():
+    stream = load_temporalwiki(FIXTURES / "temporalwiki", ["0809", "0910"], "sentence")
+    assert [s.name for s in stream.stages] == ["0809", "0910"]
+    first, second = stream.stages
+    assert len(first.train) == 2 and len(second.train) == 3
+    assert '"PSG"' in second.train[1]  # CSV quoting read back
+    assert [len(first.probes[n]) for n in ("changed", "unchanged", "new")] == [2, 3, 0]
+    assert first.probes["changed"][0].text == "Lionel Messi member of sports team Paris Saint-Germain F.C."
+    assert first.probes["changed"][0].span == (0, len(first.probes["changed"][0].text))
+    knowledge = first.knowledge[0]
+    assert knowledge.text[slice(*knowledge.span)] == "Paris Saint-Germain F.C."
+    objects = load_temporalwiki(FIXTURES / "temporalwiki", ["0809"], "object").stages[0].probes["unchanged"]
+    assert [p.text[slice(*p.span)] for p in objects] == ["France", "Germany", "Italy"]
+
+
+def test_temporalwiki_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="wikipedia_1011_gpt2.csv|1001-1101_changed.csv"):
+        load_temporalwiki(FIXTURES / "temporalwiki", ["1011"], "sentence")
+    root = tmp_path / "tw"
+    shutil.copytree(FIXTURES / "temporalwiki", root)
+    bad = root / "twiki_probes" / "0801-0901_unchanged.csv"
+    bad.write_text("subject,relation,object\nParis,capital of,France\nBerlin,capital of\n")
+    with pytest.raises(DataFormatError, match=rf"{bad}:3: row has fewer fields"):
+        load_temporalwiki(root, ["0809"], "sentence")
+
+
+def test_templama_years_and_change_kinds():
+    stream = load_templama([FIXTURES / "templama" / "test.json"])
+    assert [s.name for s in stream.stages] == ["2020", "2021"]
+    first, second = stream.stages
+    assert [len(first.probes[n]) for n in ("changed", "unchanged", "new")] == [0, 0, 2]
+    assert [len(second.probes[n]) for n in ("changed", "unchanged", "new")] == [1, 1, 1]
+    changed = second.probes["changed"][0]
+    assert changed.text == "Lionel Messi plays for Paris Saint-Germain."
+    assert changed.text[slice(*changed.span)] == "Paris Saint-Germain"
+    assert second.probes["unchanged"][0].text[slice(*second.probes["unchanged"][0].span)] == "Chancellor of Germany"
+    assert len(second.knowledge) == 2  # changed + new
+
+
+def test_templama_malformed_line_names_file_and_line(tmp_path):
+    path = tmp_path / "t.json"
+    lines = (FIXTURES / "templama" / "test.json").read_text().splitlines()
+    record = json.loads(lines[1])
+    record["query"] = "no placeholder"
+    path.write_text("\n".join([lines[0], "", json.dumps(record)]) + "\n")
+    with pytest.raises(DataFormatError, match=rf"{path}:3: query has no _X_"):  # blank lines still count
+        load_templama([path])
+    path.write_text(lines[0] + "\n{broken\n")
+    with pytest.raises(DataFormatError, match=rf"{path}:2: not valid JSON"):
+        load_templama([path])
+
+
+def test_ecbd_years_new_entity_span_probes_and_definitions():
+    stream = load_ecbd(FIXTURES / "ecbd", ["2019", "2020"], "np", "test")
+    first, second = stream.stages
+    assert [len(s.probes["new"]) for s in stream.stages] == [2, 1]
+    assert first.probes["changed"] == [] and first.probes["unchanged"] == []
+    probe = first.probes["new"][0]
+    assert probe.text == "The Mars 2020 rover landed in Jezero crater."
+    assert probe.text[slice(*probe.span)] == "landed"
+    assert first.train == ["Mars 2020 is a Mars rover mission by NASA.", "The mission launched in July 2020."]
+    assert first.knowledge[0].text[slice(*first.knowledge[0].span)] == "Mars 2020"
+    with pytest.raises(FileNotFoundError, match="2021/np_spans_test.json"):
+        load_ecbd(FIXTURES / "ecbd", ["2021"], "np", "test")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["data=temporalwiki", f"data.root={FIXTURES / 'temporalwiki'}", "data.stages=[0809,0910]"],
+     ["data=templama", f"data.files=[{FIXTURES / 'templama' / 'test.json'}]"],
+     ["data=ecbd", f"data.root={FIXTURES / 'ecbd'}", "data.years=[2019,2020]"]],
+    ids=["temporalwiki", "templama", "ecbd"],
+)
+def test_each_dataset_trains_end_to_end(tmp_path, overrides):
+    from lifelong.train import train
+
+    cfg = compose_train_config(["experiment=smoke", *overrides, "data.seq_len=32", "data.vocab_size=300",
+                                "trainer.steps_per_stage=2"], run_dir=str(tmp_path))
+    results = train(cfg)
+    assert len(results["stages"]) == 2
