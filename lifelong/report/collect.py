@@ -34,14 +34,17 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]]:
 
     multirun = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())
     task = multirun["hydra"]["overrides"]["task"]
+    given = {override.split("=")[0].lstrip("+~") for override in task}
+    params = multirun["hydra"]["sweeper"].get("params") or {}  # a preset's sweep, as BasicSweeper adds it
+    task = [f"{key}={value}" for key, value in params.items() if key not in given] + task
     parsed = OverridesParser.create().parse_overrides(task)
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def _job_dirs(sweep_dir: Path) -> dict[tuple[str, ...], Path]:
+def _job_dirs(sweep_dir: Path) -> dict[frozenset[str], Path]:
     found = {}
     for overrides_file in sweep_dir.glob("*/.hydra/overrides.yaml"):
-        found[tuple(yaml.safe_load(overrides_file.read_text()))] = overrides_file.parent.parent
+        found[frozenset(yaml.safe_load(overrides_file.read_text()))] = overrides_file.parent.parent
     return found
 
 
@@ -59,7 +62,7 @@ def collect_runs(sweep_dir: Path) -> list[Run]:
     directories = _job_dirs(sweep_dir)
     runs = []
     for job in expected_jobs(sweep_dir):
-        directory = directories.get(tuple(job), sweep_dir / "<never started>")
+        directory = directories.get(frozenset(job), sweep_dir / "<never started>")
         config_file = directory / "config.yaml"
         config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
         results_file = directory / "results.json"
