@@ -86,3 +86,18 @@ def test_every_cpu_preset_runs_a_tiny_version(tmp_path):
         cfg = compose_train_config([f"experiment={preset}", "data=synthetic_tiny", "trainer.steps_per_stage=2",
                                     "trainer.log_every=1", "method=migu", "tgl=freeze"], run_dir=str(tmp_path / preset))
         assert math.isfinite(train(cfg)["probe_sets"]["new"]["final"])
+
+
+def test_expected_jobs_include_a_presets_sweeper_params(tmp_path):
+    from lifelong.report.collect import expected_jobs
+
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task: [experiment=paper_main_cpu, seed=0]\n"
+        "  sweeper:\n    params:\n      method: finetune,ewc\n      tgl: none,freeze\n      seed: 0,1,2\n"
+    )
+    jobs = expected_jobs(tmp_path)
+    assert len(jobs) == 4  # seed given on the command line wins over the preset's 0,1,2
+    assert {frozenset(j) for j in jobs} == {
+        frozenset({f"method={m}", f"tgl={t}", "experiment=paper_main_cpu", "seed=0"})
+        for m in ("finetune", "ewc") for t in ("none", "freeze")
+    }
