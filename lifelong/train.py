@@ -24,10 +24,11 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from lifelong.config import CONF_DIR, ConfigError, Device, Precision, TrainConfig, to_train_config
+from lifelong.config import CONF_DIR, ConfigError, Device, Precision, TrainConfig, TrainerConfig, to_train_config
 from lifelong.data.stream import PROBE_SETS, Stream
 from lifelong.data.tokens import load_tokenizer, pack, train_tokenizer
 from lifelong.eval.metrics import fuar, summarize
@@ -110,8 +111,8 @@ def format_row(stage: int, row: list[dict[str, float | None]]) -> str:
     return "\n".join(lines)
 
 
-def checkpoint(run_dir: Path, env: DistEnv, tc, global_step: int, state: dict, model, hooks: list[Method],
-               matrices: dict, initial: list[dict]) -> None:
+def checkpoint(run_dir: Path, env: DistEnv, tc: TrainerConfig, global_step: int, state: dict, model: nn.Module,
+               hooks: list[Method], matrices: dict, initial: list[dict]) -> None:
     """Everything a resume needs besides `state` (position and optimizer); rank 0 writes."""
     if env.is_main:
         save_checkpoint(run_dir, global_step, {
