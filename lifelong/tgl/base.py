@@ -36,6 +36,7 @@ class TGLConfig:
     k: int = 2  # for rule=top_k
     fraction: float = 0.5  # for rule=top_fraction
     block_pattern: str | None = None  # regex whose group 1 is the block index, for other families
+    matched_control: bool = False  # control loss over as many tokens as a knowledge span (trace.py)
 
     def __post_init__(self) -> None:
         require(self.from_stage >= 0, "tgl.from_stage", self.from_stage, "an integer >= 0")
@@ -62,7 +63,7 @@ class TracedLayers(Method):
             raise ValueError(f"TGL needs temporal (knowledge) sequences, and stage {stage.name} has none")
         self.trace = trace_layers(
             ctx.model, knowledge, ctx.stage_blocks[ctx.index], self.cfg.trace_batches, ctx.micro_batch_size,
-            ctx.device, ctx.tokenizer.pad_token_id, self.cfg.block_pattern,
+            ctx.device, ctx.tokenizer.pad_token_id, self.cfg.block_pattern, self.cfg.matched_control,
         )
         self.selected = select_layers(self.trace.layers, self.trace.relative, self.cfg.rule, self.cfg.k,
                                       self.cfg.fraction)

@@ -2,7 +2,11 @@
 
 Temporal: the loss over the knowledge spans only (object tokens of changed facts, mentions of
 new entities) of a stage's `knowledge` sequences. Control: the plain LM loss over the stage's
-ordinary training blocks. For each side the per-layer L2 norms of each batch's gradient are
+ordinary training blocks, or (`matched_control`) the loss over as many randomly chosen tokens
+per block as a knowledge span has on average. A mean over a few tokens has a much larger
+gradient than a mean over a whole block whatever the tokens are, so the matched control
+separates "knowledge tokens" from "few tokens" (on the synthetic stream most of the raw ratio
+is the latter). For each side the per-layer L2 norms of each batch's gradient are
 averaged over `batches` batches. Only parameters that are trainable now are traced (under LoRA:
 the adapters). The model, its grads, the optimizer and the RNG are left as they were.
 """
@@ -64,6 +68,7 @@ def trace_layers(
     device: torch.device,
     pad_id: int,
     block_pattern: str | None = None,
+    matched_control: bool = False,
 ) -> Trace:
     saved_grads = {p: p.grad for p in model.parameters()}
     rng = torch.get_rng_state()
@@ -78,10 +83,17 @@ def trace_layers(
             ids, attention, labels = (t.to(device) for t in span_batch(knowledge, rows, pad_id))
             yield model(input_ids=ids, attention_mask=attention, labels=labels).loss
 
+    span_tokens = max(1, round(sum(map(sum, knowledge.targets)) / max(1, len(knowledge))))
+    chooser = torch.Generator().manual_seed(0)  # its own generator: the global RNG is not drawn from
+
     def control_losses():
         for b in range(min(batches, -(-len(control_blocks) // batch_size))):
-            block = control_blocks[b * batch_size : (b + 1) * batch_size].to(device)
-            yield model(input_ids=block, labels=block).loss
+            block = control_blocks[b * batch_size : (b + 1) * batch_size]
+            labels = block
+            if matched_control:  # score span_tokens random positions per block (never position 0)
+                picks = torch.rand(block.shape, generator=chooser)[:, 1:].topk(span_tokens, dim=1).indices + 1
+                labels = torch.full_like(block, -100).scatter(1, picks, block.gather(1, picks))
+            yield model(input_ids=block.to(device), labels=labels.to(device)).loss
 
     temporal = _mean_norms(model, norms, temporal_losses())
     control = _mean_norms(model, norms, control_losses())

@@ -77,6 +77,24 @@ def test_trace_equals_naive_and_leaves_no_trace(setup, tmp_path):
     assert trace.control == pytest.approx(naive_control, rel=1e-4)
 
 
+def test_matched_control_is_deterministic_and_scores_fewer_tokens(setup):
+    tokenizer, blocks = setup
+    model = tiny_model(tokenizer).eval()
+    knowledge = encode_probes(tokenizer, STREAM.stages[1].knowledge, 32)
+    span_tokens = round(sum(map(sum, knowledge.targets)) / len(knowledge))
+    rng = torch.get_rng_state()
+    matched = trace_layers(model, knowledge, blocks[1], 2, 4, torch.device("cpu"), tokenizer.pad_token_id,
+                           matched_control=True)
+    full = trace_layers(model, knowledge, blocks[1], 2, 4, torch.device("cpu"), tokenizer.pad_token_id)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert matched.temporal == full.temporal
+    # a mean over span_tokens tokens instead of 31 per block: larger control norms in every layer
+    assert all(m > f for m, f in zip(matched.control, full.control, strict=True))
+    again = trace_layers(model, knowledge, blocks[1], 2, 4, torch.device("cpu"), tokenizer.pad_token_id,
+                         matched_control=True)
+    assert again.control == matched.control and span_tokens >= 1
+
+
 def test_tracing_does_not_change_training(setup, tmp_path):
     tokenizer, blocks = setup
     knowledge = encode_probes(tokenizer, STREAM.stages[1].knowledge, 32)
