@@ -18,6 +18,7 @@ from lifelong.tgl.adaptive_lr import AdaptiveLRConfig
 from lifelong.tgl.freeze import FreezeConfig
 from lifelong.tgl.select import Rule, select_layers
 from lifelong.tgl.trace import span_batch, trace_layers
+from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.train import train
 from tests.conftest import make_config
 from tests.methods.conftest import tiny_model
@@ -178,3 +179,15 @@ def test_every_method_composes_with_tgl(tmp_path, method, tgl):
                                 "trainer.steps_per_stage=3"))
     assert results["probe_sets"]["changed"]["final"] > 0
     assert (tmp_path / "run" / "trace_stage_1.json").exists()
+
+
+def test_a_traced_run_that_freezes_nothing_trains_exactly_like_no_tgl(tmp_path):
+    """Tracing before every stage leaves the run's losses and results bit-identical."""
+    common = ["data.num_stages=2", "trainer.steps_per_stage=4", "model.dropout=0.1"]
+    plain = train(make_config(tmp_path / "none", *common))
+    traced = train(make_config(tmp_path / "traced", *common, "tgl=freeze", "tgl.rule=top_fraction",
+                               "tgl.fraction=1.0"))
+    assert (tmp_path / "traced" / "trace_stage_1.json").exists()
+    assert traced["probe_sets"] == plain["probe_sets"]
+    losses = [[r["loss"] for r in read_jsonl_metrics(tmp_path / run / "metrics.jsonl")] for run in ("none", "traced")]
+    assert losses[0] == losses[1]
