@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from lifelong.config import compose_train_config
-from lifelong.data.tokens import pack, train_tokenizer
+from lifelong.data.tokens import PAD, lm_inputs, pack, train_tokenizer
 from lifelong.models import build_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -41,7 +41,7 @@ def main() -> None:
     tokenized = time.perf_counter()
     blocks = [pack(tokenizer, stage.train, cfg.data.seq_len) for stage in stream.stages]
     packed = time.perf_counter()
-    data_tokens = sum(b.numel() for b in blocks)
+    data_tokens = sum(int((b != PAD).sum()) for b in blocks)
 
     model = build_model(cfg.model, tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -50,7 +50,8 @@ def main() -> None:
         if step == 3:  # after warm-up
             step_start = time.perf_counter()
         batch = blocks[0][step * batch_size : (step + 1) * batch_size]
-        model(input_ids=batch, labels=batch).loss.backward()
+        ids, labels = lm_inputs(batch)
+        model(input_ids=ids, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     step_rate = args.steps * batch_size * cfg.data.seq_len / (time.perf_counter() - step_start)

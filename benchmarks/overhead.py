@@ -22,7 +22,7 @@ import torch
 from common import RESULTS, lifelong_step_times, steady_median
 
 from lifelong.config import compose_train_config
-from lifelong.data.tokens import pack, train_tokenizer
+from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
 from lifelong.models import build_model
 from lifelong.optim import build_scheduler, default_param_groups
 from lifelong.train import seed_everything, stage_batches
@@ -49,7 +49,8 @@ def bare_step_times(steps: int) -> list[float]:
     for step in range(steps):
         start = time.perf_counter()
         batch = blocks[order[step * tc.micro_batch_size : (step + 1) * tc.micro_batch_size]]
-        loss = model(input_ids=batch, labels=batch).loss
+        ids, labels = lm_inputs(batch)
+        loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
         optimizer.step()
@@ -75,7 +76,8 @@ def hf_trainer_step_times(steps: int, workdir: Path) -> list[float]:
         def on_step_end(self, args, state, control, **kwargs):
             stamps.append(time.perf_counter())
 
-    dataset = [{"input_ids": row, "labels": row} for row in blocks]
+    ids, labels = lm_inputs(blocks)
+    dataset = [{"input_ids": i, "labels": lab} for i, lab in zip(ids, labels, strict=True)]
     args = TrainingArguments(
         output_dir=str(workdir / "hf"), per_device_train_batch_size=tc.micro_batch_size, max_steps=steps,
         learning_rate=tc.lr, weight_decay=tc.weight_decay, adam_beta1=tc.betas[0], adam_beta2=tc.betas[1],

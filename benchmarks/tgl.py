@@ -22,7 +22,7 @@ import torch
 from common import RESULTS
 
 from lifelong.config import compose_train_config
-from lifelong.data.tokens import pack, train_tokenizer
+from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
 from lifelong.eval.perplexity import encode_probes
 from lifelong.models import build_model
 from lifelong.optim import LayerGradNorms, build_optimizer, default_param_groups
@@ -46,7 +46,8 @@ def stage_time(log_every: int, steps: int, workdir: Path) -> float:
         if step == 5:
             start = time.perf_counter()
         rows = blocks[(step * batch) % (len(blocks) - batch) :][:batch]
-        loss = model(input_ids=rows, labels=rows).loss
+        ids, labels = lm_inputs(rows)
+        loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         layer_norms, total = norms.compute()
         norms.clip_(total, 1.0)
@@ -75,7 +76,8 @@ def tracing_fraction(steps: int) -> dict:
     start = time.perf_counter()
     for step in range(10):
         rows = blocks[(step * 8) % max(1, len(blocks) - 8) :][:8]
-        model(input_ids=rows, labels=rows).loss.backward()
+        ids, labels = lm_inputs(rows)
+        model(input_ids=ids, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     step_s = (time.perf_counter() - start) / 10

@@ -127,6 +127,7 @@ class JsonlDataConfig:
     path: str = MISSING  # directory with one sub-directory per stage (see lifelong/data/jsonl.py)
     seq_len: int = 128
     vocab_size: int = 512
+    cache_dir: str | None = None  # datasets' Arrow cache of the training text; None: HF_DATASETS_CACHE
 
     def __post_init__(self) -> None:
         require(self.seq_len > 0, "data.seq_len", self.seq_len, "an integer > 0")
@@ -135,7 +136,7 @@ class JsonlDataConfig:
     def build(self):
         from lifelong.data.jsonl import load_stream
 
-        return load_stream(Path(self.path))
+        return load_stream(Path(self.path), self.cache_dir)
 
 
 @dataclass
@@ -146,6 +147,7 @@ class TemporalWikiDataConfig:
     probe_target: str = "sentence"  # sentence (TemporalWiki's protocol) | object
     seq_len: int = 512
     vocab_size: int = 512  # used only when the model has no tokenizer of its own
+    cache_dir: str | None = None  # datasets' Arrow cache of the diffsets; None: HF_DATASETS_CACHE
 
     def __post_init__(self) -> None:
         require(self.probe_target in ("sentence", "object"), "data.probe_target", self.probe_target,
@@ -156,7 +158,7 @@ class TemporalWikiDataConfig:
     def build(self):
         from lifelong.data.temporalwiki import load_temporalwiki
 
-        return load_temporalwiki(Path(self.root), list(self.stages), self.probe_target)
+        return load_temporalwiki(Path(self.root), list(self.stages), self.probe_target, self.cache_dir)
 
 
 @dataclass
@@ -165,11 +167,16 @@ class TempLAMADataConfig:
     files: list[str] = MISSING  # jsonl files, e.g. [ROOT/train.json, ROOT/val.json, ROOT/test.json]
     seq_len: int = 64
     vocab_size: int = 2048
+    accuracy_top_k: int | None = 5  # greedy exact match and top-k of the object after each stage; null: off
+
+    def __post_init__(self) -> None:
+        require(self.accuracy_top_k is None or self.accuracy_top_k > 0, "data.accuracy_top_k",
+                self.accuracy_top_k, "an integer > 0 or null")
 
     def build(self):
         from lifelong.data.templama import load_templama
 
-        return load_templama([Path(f) for f in self.files])
+        return load_templama([Path(f) for f in self.files], self.accuracy_top_k)
 
 
 @dataclass

@@ -23,14 +23,17 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from lifelong.config import CONF_DIR, ConfigError, Device, Precision, TrainConfig, TrainerConfig, to_train_config
+from lifelong.data import corpus
 from lifelong.data.stream import PROBE_SETS, Stream
-from lifelong.data.tokens import load_tokenizer, pack, train_tokenizer
+from lifelong.data.tokens import PAD, lm_inputs, load_tokenizer, train_tokenizer
+from lifelong.eval.accuracy import span_accuracy
 from lifelong.eval.metrics import fuar, summarize
 from lifelong.eval.perplexity import EncodedProbes, encode_probes, perplexity
 from lifelong.launch.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -92,6 +95,17 @@ def stage_batches(blocks: torch.Tensor, steps: int, batch_size: int, seed: int) 
     return order[:needed]
 
 
+def labelled_tokens(blocks: torch.Tensor) -> int:
+    """Tokens a batch of blocks is scored on: every position after the first that is not PAD."""
+    return max(1, int((blocks[:, 1:] != PAD).sum()))
+
+
+def summed_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of the next-token cross-entropies over the labelled tokens (PAD ignored)."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=PAD,
+                           reduction="sum")
+
+
 def evaluate(model, probes: list[dict[str, EncodedProbes]], cfg: TrainConfig, device, pad_id: int):
     """Perplexity of every stage's every probe set: one row of the stage x stage matrices."""
     dtype = AUTOCAST[cfg.trainer.precision]
@@ -100,6 +114,19 @@ def evaluate(model, probes: list[dict[str, EncodedProbes]], cfg: TrainConfig, de
          for name in PROBE_SETS}
         for sets in probes
     ]
+
+
+def evaluate_accuracy(model, stream: Stream, tokenizer, device) -> list[dict[str, float | None]]:
+    """TempLAMA's protocol: greedy exact match and top-k of every stage's probe spans, keyed
+    `<probe set>/exact_match` and `<probe set>/top_k`."""
+    rows = []
+    for stage in stream.stages:
+        row = {}
+        for name in PROBE_SETS:
+            scores = span_accuracy(model, tokenizer, stage.probes.get(name, []), device, stream.accuracy_top_k)
+            row.update({f"{name}/{metric}": value for metric, value in scores.items()})
+        rows.append(row)
+    return rows
 
 
 def format_row(stage: int, row: list[dict[str, float | None]]) -> str:
@@ -159,14 +186,15 @@ def train(cfg: TrainConfig) -> dict:
     model.to(device).train()
 
     seq_len = cfg.data.seq_len
-    stage_blocks = [pack(tokenizer, stage.train, seq_len) for stage in stream.stages]
+    stage_blocks = [corpus.stage_blocks(stage.train, tokenizer, seq_len) for stage in stream.stages]
     probes = [
         {name: encode_probes(tokenizer, stage.probes.get(name, []), seq_len) for name in PROBE_SETS}
         for stage in stream.stages
     ]
     num_stages = len(stream.stages)
+    accuracy_keys = [f"{n}/{m}" for n in PROBE_SETS for m in ("exact_match", "top_k")] if stream.accuracy_top_k else []
     matrices = resume["matrices"] if resume else {n: [[None] * num_stages for _ in range(num_stages)]
-                                                  for n in PROBE_SETS}
+                                                  for n in [*PROBE_SETS, *accuracy_keys]}
     logger = build_logger(cfg, run_dir, env.is_main)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision is Precision.fp16)
     preemption = Preemption().install()
@@ -205,20 +233,24 @@ def train(cfg: TrainConfig) -> dict:
         for step in tqdm(range(start_step, tc.steps_per_stage), desc=f"stage {t}", initial=start_step,
                          total=tc.steps_per_stage, disable=not (tc.progress and env.is_main), leave=False,
                          dynamic_ncols=True):
-            rank_order = order[step * step_batch : (step + 1) * step_batch][env.rank * local_batch :][:local_batch]
+            step_order = order[step * step_batch : (step + 1) * step_batch]
+            rank_order = step_order[env.rank * local_batch :][:local_batch]
+            # every micro-batch on every rank divides its summed loss by the labelled tokens of the whole
+            # global batch, so padding, accumulation and DDP give the loss of one big batch
+            loss_scale = env.world_size / labelled_tokens(blocks[step_order])
             for micro in range(tc.grad_accum):
                 rows = rank_order[micro * tc.micro_batch_size : (micro + 1) * tc.micro_batch_size]
-                batch = blocks[rows].to(device, non_blocking=True)
+                input_ids, labels = lm_inputs(blocks[rows], device)
                 last_micro = micro == tc.grad_accum - 1
                 sync = nullcontext() if last_micro or env.world_size == 1 else train_model.no_sync()
                 with sync, torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    loss = train_model(input_ids=batch, labels=batch).loss
+                    loss = summed_token_loss(train_model(input_ids=input_ids).logits, labels) * loss_scale
                     for hook in hooks:
                         extra = hook.extra_loss(model)
                         if extra is not None:
-                            loss = loss + extra
-                    scaler.scale(loss / tc.grad_accum).backward()
-                window_loss += loss.detach().float() / tc.grad_accum
+                            loss = loss + extra / tc.grad_accum
+                    scaler.scale(loss).backward()
+                window_loss += loss.detach().float()
             scaler.unscale_(optimizer)
             for hook in hooks:
                 hook.transform_gradients(model)
@@ -268,6 +300,10 @@ def train(cfg: TrainConfig) -> dict:
         for j, sets in enumerate(row):
             for name in PROBE_SETS:
                 matrices[name][t][j] = sets[name]
+        if accuracy_keys:
+            for j, scores in enumerate(evaluate_accuracy(model, stream, tokenizer, device)):
+                for key, value in scores.items():
+                    matrices[key][t][j] = value
         if env.is_main:
             print(format_row(t, row), flush=True)
             logger.log_table(f"perplexity/after_stage_{t}", ["probe_stage", *PROBE_SETS],
@@ -288,6 +324,8 @@ def train(cfg: TrainConfig) -> dict:
         },
         "fuar": fuar(matrices["changed"], matrices["unchanged"], matrices["new"]),
     }
+    if accuracy_keys:  # stage x stage matrices of span accuracy, as the perplexity ones
+        results["accuracy"] = {key: matrices[key] for key in accuracy_keys}
     if env.is_main:
         (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,13 +14,17 @@ from lifelong.config import TrainConfig, compose_train_config
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True, scope="session")
-def offline_environment(tmp_path_factory):
-    home = tmp_path_factory.mktemp("hf_home")
+def pytest_configure(config: pytest.Config) -> None:
+    """Offline, with a throwaway HF cache: set before collection, since datasets reads its
+    cache location when it is first imported."""
     os.environ.update(
-        HF_HOME=str(home), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline",
+        HF_HOME=tempfile.mkdtemp(prefix="hf_home_"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline",
         TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false",
     )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(os.environ["HF_HOME"], ignore_errors=True)
 
 
 def make_config(run_dir: Path, *overrides: str) -> TrainConfig:

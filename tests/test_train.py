@@ -60,6 +60,15 @@ def test_llama_preset_with_accumulation_and_constant_schedule(tmp_path):
     assert lrs[-1] == pytest.approx(cfg.trainer.lr)
 
 
+def test_accumulation_gives_the_loss_of_one_batch_despite_padding(tmp_path):
+    """Blocks carry different numbers of padding tokens: each micro-batch's summed loss is divided
+    by the whole step's labelled tokens, so 2 x 4 rows accumulate to the step of 8 rows at once."""
+    common = ["data.seq_len=48", "trainer.schedule=constant", "data.num_stages=2", "trainer.steps_per_stage=4"]
+    train(make_config(tmp_path / "one", *common, "trainer.micro_batch_size=8"))
+    train(make_config(tmp_path / "two", *common, "trainer.micro_batch_size=4", "trainer.grad_accum=2"))
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-5)
+
+
 def test_a_finished_run_is_not_trained_again(tmp_path, capsys):
     first = train(make_config(tmp_path / "run"))
     lines = (tmp_path / "run" / "metrics.jsonl").read_text()
@@ -93,7 +102,7 @@ def test_local_model_path_and_jsonl_stream(tmp_path):
 def _save_tokenizer(cfg, tmp_path):
     from lifelong.data.tokens import train_tokenizer
 
-    tokenizer = train_tokenizer(cfg.data.build().all_text() + ["Ana lives in Rome Oslo."], 384)
+    tokenizer = train_tokenizer([*cfg.data.build().all_text(), "Ana lives in Rome Oslo."], 384)
     tokenizer.save_pretrained(tmp_path / "tok")
     return tmp_path / "tok"
 

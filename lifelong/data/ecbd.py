@@ -2,36 +2,54 @@
 
     ROOT/<year>/np_spans_{dev,test}.json, random_spans_{dev,test}.json   (json lines)
 
-Fields: `ex_id`, `masked_sentence` (with `<extra_id_0>`), `answer_str`, `answer_d`
-({"<extra_id_0>": span}), `span_type`, `definition` (list of sentences), `year`,
-`entity_span_str`, `entity_span_loc`. One stage per year: the training text is the entities'
-definition sentences (with the entity mention as the knowledge span for TGL); the `new`
-probes are the split's sentences with the span filled in, scored over the span's tokens only
-(span perplexity: exp of the mean over examples of the mean span-token NLL).
+Fields (github.com/yasumasaonoe/ecbd README): `ex_id`, `masked_sentence` (with `<extra_id_0>`),
+`answer_str` (the T5 target `<extra_id_0> span <extra_id_1>`), `answer_d` ({"<extra_id_0>": span}),
+`span_type`, `definition` (sentences with the entity marked by [ENT_START] ... [ENT_END]), `year`,
+`entity_span_str`, `entity_span_loc` (token indices). As ECBD's GPT evaluation does, a probe is
+the masked sentence with `answer_d`'s span filled in, scored over the span's tokens only (span
+perplexity: exp of the mean over examples of the mean span-token NLL). One stage per year: the
+training text is the entities' definition sentences, cleaned as ECBD cleans them (markers and
+"(')" dropped, whitespace collapsed), with the entity mention as the knowledge span for TGL.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from lifelong.data.jsonl import DataFormatError, numbered_jsonl
 from lifelong.data.stream import Probe, Stage, Stream
 
-FIELDS = ("ex_id", "masked_sentence", "answer_str", "definition", "entity_span_str")
+FIELDS = ("ex_id", "masked_sentence", "answer_d", "definition", "entity_span_str")
 MASK = "<extra_id_0>"
+MARKED = re.compile(r"\[ENT_START\](.*?)\[ENT_END\]")
 
 
 def filled(record: dict, where: str) -> Probe:
-    sentence, span = record["masked_sentence"], record["answer_str"]
+    sentence, gold = record["masked_sentence"], record["answer_d"]
+    span = gold.get(MASK) if isinstance(gold, dict) else None
     if MASK not in sentence:
         raise DataFormatError(f"{where}: masked_sentence has no {MASK}")
+    if not isinstance(span, str):
+        raise DataFormatError(f"{where}: answer_d must map {MASK} to the gold span")
     start = sentence.index(MASK)
     return Probe(sentence.replace(MASK, span, 1), (start, start + len(span)))
 
 
+def clean(sentence: str) -> str:
+    """ECBD's own clean-up of definition sentences (data_construction/data_utils.py)."""
+    sentence = sentence.strip().replace("[ENT_START]", "").replace("[ENT_END]", "").replace("(')", "")
+    return re.sub(r"\s+", " ", sentence)
+
+
 def mention(sentence: str, entity: str) -> Probe:
-    start = sentence.find(entity)
-    return Probe(sentence, (start, start + len(entity))) if start >= 0 else Probe.whole(sentence)
+    """The cleaned sentence with the entity mention (or else the first marked span) as its span."""
+    text = clean(sentence)
+    marked = MARKED.search(sentence)
+    for name in (entity, clean(marked.group(1)) if marked else None):
+        if name and (start := text.find(name)) >= 0:
+            return Probe(text, (start, start + len(name)))
+    return Probe.whole(text)
 
 
 def load_ecbd(root: Path, years: list[str], spans: str, split: str) -> Stream:
@@ -47,7 +65,8 @@ def load_ecbd(root: Path, years: list[str], spans: str, split: str) -> Stream:
         for line, record in records:
             probes.append(filled(record, f"{path}:{line}"))
             for sentence in record["definition"]:
-                definitions.setdefault(sentence, mention(sentence, record["entity_span_str"]))
+                probe = mention(sentence, record["entity_span_str"])
+                definitions.setdefault(probe.text, probe)
         stages.append(Stage(name=year, train=list(definitions),
                             probes={"changed": [], "unchanged": [], "new": probes},
                             knowledge=list(definitions.values())))

@@ -2,7 +2,7 @@
 
     DIR/
       <stage name>/                # stages are read in sorted name order
-        train.jsonl                # {"text": "..."} per line
+        train.jsonl                # {"text": "..."} per line; read through datasets' Arrow cache
         probes_changed.jsonl       # {"text": "...", "target": "..."} per line; probes are optional
         probes_unchanged.jsonl     #   `target` (optional) is the scored span: its last occurrence
         probes_new.jsonl           #   in `text`; without it the whole sentence is scored
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lifelong.data.stream import PROBE_SETS, Probe, Stage, Stream
+from lifelong.data.stream import PROBE_SETS, Probe, Stage, Stream, TextFiles
 
 
 class DataFormatError(ValueError):
@@ -62,7 +62,7 @@ def _probes(path: Path) -> list[Probe]:
     return [probe_from_record(r, f"{path}") for r in read_jsonl(path, ("text",))]
 
 
-def load_stream(root: Path) -> Stream:
+def load_stream(root: Path, cache_dir: str | None = None) -> Stream:
     if not root.is_dir():
         raise FileNotFoundError(f"data.path: stream directory not found: {root}")
     stage_dirs = sorted(p for p in root.iterdir() if p.is_dir())
@@ -76,7 +76,7 @@ def load_stream(root: Path) -> Stream:
         stages.append(
             Stage(
                 name=stage_dir.name,
-                train=[r["text"] for r in read_jsonl(train_file, ("text",))],
+                train=TextFiles((train_file,), cache_dir=cache_dir),
                 probes={name: _probes(stage_dir / f"probes_{name}.jsonl") for name in PROBE_SETS},
                 knowledge=_probes(stage_dir / "knowledge.jsonl"),
             )

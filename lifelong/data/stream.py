@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 PROBE_SETS = ("changed", "unchanged", "new")
 
@@ -19,10 +21,20 @@ class Probe:
         return cls(text, (0, len(text)))
 
 
+@dataclass(frozen=True)
+class TextFiles:
+    """Training text on disk, read through datasets' memory-mapped Arrow cache
+    (lifelong/data/corpus.py): jsonl files with a `column` field, or csv files with that column."""
+
+    paths: tuple[Path, ...]
+    column: str = "text"
+    cache_dir: str | None = None  # datasets' cache; None: its default (HF_DATASETS_CACHE)
+
+
 @dataclass
 class Stage:
     name: str
-    train: list[str]
+    train: list[str] | TextFiles
     # changed / unchanged / new; a set may be empty (the first snapshot has nothing changed)
     probes: dict[str, list[Probe]] = field(default_factory=dict)
     # training sentences about changed facts and new entities, with their knowledge spans:
@@ -33,12 +45,19 @@ class Stage:
 @dataclass
 class Stream:
     stages: list[Stage]
+    # TempLAMA's protocol: also score greedy exact match and top-k accuracy of each probe's span
+    accuracy_top_k: int | None = None
 
-    def all_text(self) -> list[str]:
-        """Every sentence in the stream: what the tokenizer is trained on."""
-        texts: list[str] = []
+    def all_text(self) -> Iterator[str]:
+        """Every sentence in the stream, what the tokenizer is trained on; corpora on disk are
+        read from their Arrow cache, never held in memory."""
+        from lifelong.data.corpus import load_corpus
+
         for stage in self.stages:
-            texts.extend(stage.train)
+            if isinstance(stage.train, TextFiles):
+                for batch in load_corpus(stage.train).iter(batch_size=10_000):
+                    yield from (text for text in batch[stage.train.column] if text)
+            else:
+                yield from stage.train
             for probes in stage.probes.values():
-                texts.extend(p.text for p in probes)
-        return texts
+                yield from (p.text for p in probes)

@@ -1,8 +1,11 @@
 """TempLAMA (Dhingra et al. 2022) and Dynamic TempLAMA from their jsonl files on disk.
 
-Each line: `query` (with `_X_` for the object), `answer` (a list of {wikidata_id, name}; a
-single dict is accepted), `date` (a year, or a quarter such as `2019-Q1` in Dynamic TempLAMA),
-`id` (`<QID>_<PID>_<date>`), `relation`, `most_frequent_answer`, `most_recent_answer`.
+Each line (google-research/language templama/README.md; amazon-science/temporal-robustness for
+Dynamic TempLAMA): `query` (with `_X_` for the object), `answer` (a list of {wikidata_id, name};
+a single dict, as templama.py writes it, is accepted), `date` (a year, or a quarter such as
+`2019-Q1` in Dynamic TempLAMA), `id` (`<QID>_<PID>_<date>`), `relation`; TempLAMA also has
+`most_frequent_answer` and `most_recent_answer`, which Dynamic TempLAMA lacks and this loader
+does not need.
 
 One stage per date. A fact is (subject QID, relation PID); at each date it is `new` when first
 seen, `changed` when its answer set differs from its previous date's, else `unchanged`. A
@@ -36,7 +39,7 @@ def fill(query: str, obj: str, where: str) -> Probe:
     return Probe(text, (start, start + len(obj)))
 
 
-def load_templama(files: list[Path]) -> Stream:
+def load_templama(files: list[Path], accuracy_top_k: int | None = 5) -> Stream:
     by_date: dict[str, list[tuple[tuple[str, str], Probe, frozenset[str]]]] = {}
     for path in files:
         if not path.exists():
@@ -58,4 +61,4 @@ def load_templama(files: list[Path]) -> Stream:
             last[key] = names
         stages.append(Stage(name=date, train=[p.text for _, p, _ in by_date[date]], probes=probes,
                             knowledge=probes["changed"] + probes["new"]))
-    return Stream(stages)
+    return Stream(stages, accuracy_top_k)

@@ -2,7 +2,10 @@
 
     ROOT/TWiki_Diffsets/wikipedia_0809_gpt2.csv     one column `text`: the 08->09 diffset
     ROOT/twiki_probes/0801-0901_changed.csv         header subject,relation,object
-    ROOT/twiki_probes/0801-0901_unchanged.csv
+    ROOT/twiki_probes/0801-0901_unchanged.csv       (TWiki_Probes/, as the zip is named, works too)
+
+Paths and columns as joeljang/temporalwiki's Datasets.py reads them; a diffset row is a
+"Title. text" piece of at most 512 GPT-2 tokens, read through datasets' Arrow cache.
 
 A stage is a month pair (`0809`): its diffset is the training text, its probes are the
 changed / unchanged facts of that pair (TemporalWiki has no new-entity probes). A probe is
@@ -14,13 +17,10 @@ side of TGL's tracing.
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 from lifelong.data.jsonl import DataFormatError
-from lifelong.data.stream import Probe, Stage, Stream
-
-csv.field_size_limit(sys.maxsize)  # diffset rows are whole articles
+from lifelong.data.stream import Probe, Stage, Stream, TextFiles
 
 
 def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
@@ -47,18 +47,22 @@ def fact_probe(row: dict[str, str], target: str) -> Probe:
     return Probe.whole(text)
 
 
-def load_temporalwiki(root: Path, stages: list[str], probe_target: str) -> Stream:
+def load_temporalwiki(root: Path, stages: list[str], probe_target: str, cache_dir: str | None = None) -> Stream:
     if not root.is_dir():
         raise FileNotFoundError(f"data.root: TemporalWiki directory not found: {root}")
     out = []
     for pair in stages:
         diffset = root / "TWiki_Diffsets" / f"wikipedia_{pair}_gpt2.csv"
-        probes_prefix = root / "twiki_probes" / f"{pair[:2]}01-{pair[2:]}01"
+        probes_dir = next((d for d in (root / "twiki_probes", root / "TWiki_Probes") if d.is_dir()),
+                          root / "twiki_probes")
+        probes_prefix = probes_dir / f"{pair[:2]}01-{pair[2:]}01"
         changed = read_csv(Path(f"{probes_prefix}_changed.csv"), ("subject", "relation", "object"))
         unchanged = read_csv(Path(f"{probes_prefix}_unchanged.csv"), ("subject", "relation", "object"))
+        if not diffset.exists():
+            raise FileNotFoundError(f"missing TemporalWiki file: {diffset}")
         out.append(Stage(
             name=pair,
-            train=[row["text"] for row in read_csv(diffset, ("text",)) if row["text"].strip()],
+            train=TextFiles((diffset,), cache_dir=cache_dir),
             probes={"changed": [fact_probe(r, probe_target) for r in changed],
                     "unchanged": [fact_probe(r, probe_target) for r in unchanged], "new": []},
             knowledge=[fact_probe(r, "object") for r in changed],

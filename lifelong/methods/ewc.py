@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lifelong.config import register, require
+from lifelong.data.tokens import lm_inputs
 from lifelong.methods.base import Method, StageContext
 
 
@@ -31,17 +32,17 @@ def empirical_fisher(model: nn.Module, blocks: torch.Tensor, samples: int, devic
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
     was_training = model.training
     model.eval()  # no dropout: the Fisher of the model as it is
-    rows = blocks[:samples].to(device)
-    for row in rows:
+    inputs, targets = lm_inputs(blocks[:samples], device)
+    for ids, labels in zip(inputs, targets, strict=True):
         model.zero_grad(set_to_none=True)
-        model(input_ids=row[None], labels=row[None]).loss.backward()
+        model(input_ids=ids[None], labels=labels[None]).loss.backward()
         for name, p in params.items():
             if p.grad is not None:
                 fisher[name] += p.grad.float().square()
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     for value in fisher.values():
-        value /= len(rows)
+        value /= len(inputs)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(value, op=dist.ReduceOp.AVG)
     return fisher

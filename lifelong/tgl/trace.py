@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lifelong.data.tokens import PAD, lm_inputs
 from lifelong.eval.perplexity import EncodedProbes
 from lifelong.optim import LayerGradNorms
 
@@ -88,12 +89,12 @@ def trace_layers(
 
     def control_losses():
         for b in range(min(batches, -(-len(control_blocks) // batch_size))):
-            block = control_blocks[b * batch_size : (b + 1) * batch_size]
-            labels = block
-            if matched_control:  # score span_tokens random positions per block (never position 0)
-                picks = torch.rand(block.shape, generator=chooser)[:, 1:].topk(span_tokens, dim=1).indices + 1
-                labels = torch.full_like(block, -100).scatter(1, picks, block.gather(1, picks))
-            yield model(input_ids=block.to(device), labels=labels.to(device)).loss
+            ids, labels = lm_inputs(control_blocks[b * batch_size : (b + 1) * batch_size])
+            if matched_control:  # score span_tokens random real positions per block (never position 0)
+                scores = torch.rand(ids.shape, generator=chooser).masked_fill(labels == PAD, -1.0)
+                picks = scores[:, 1:].topk(span_tokens, dim=1).indices + 1
+                labels = torch.full_like(labels, PAD).scatter(1, picks, labels.gather(1, picks))
+            yield model(input_ids=ids.to(device), labels=labels.to(device)).loss
 
     temporal = _mean_norms(model, norms, temporal_losses())
     control = _mean_norms(model, norms, control_losses())

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from lifelong.data.corpus import load_corpus
 from lifelong.data.jsonl import DataFormatError, load_stream
 
 
@@ -19,30 +20,32 @@ def test_loads_stages_in_order_with_probes(tmp_path):
     write(tmp_path / "2020" / "train.jsonl", [{"text": "Ana lives in Oslo."}, {"text": "Bo was born."}])
     write(tmp_path / "2020" / "probes_changed.jsonl", [{"text": "Ana lives in Oslo.", "target": "Oslo"}])
     write(tmp_path / "2020" / "probes_new.jsonl", [{"text": "Bo was born."}])
-    stream = load_stream(tmp_path)
+    stream = load_stream(tmp_path, cache_dir=str(tmp_path / "cache"))
     assert [s.name for s in stream.stages] == ["2019", "2020"]
     second = stream.stages[1]
-    assert len(second.train) == 2 and second.probes["unchanged"] == []
+    assert load_corpus(second.train)["text"] == ["Ana lives in Oslo.", "Bo was born."]
+    assert second.probes["unchanged"] == []
     changed = second.probes["changed"][0]
     assert changed.text[slice(*changed.span)] == "Oslo"
     assert second.probes["new"][0].span == (0, len("Bo was born."))
 
 
-def test_malformed_line_names_file_and_line(tmp_path):
-    path = tmp_path / "s0" / "train.jsonl"
-    path.parent.mkdir()
+def test_malformed_probe_line_names_file_and_line(tmp_path):
+    write(tmp_path / "s0" / "train.jsonl", [{"text": "fine"}])
+    path = tmp_path / "s0" / "probes_new.jsonl"
     path.write_text('{"text": "fine"}\n{"text": broken\n')
     with pytest.raises(DataFormatError, match=rf"{path}:2: not valid JSON"):
         load_stream(tmp_path)
 
 
 def test_missing_field_and_missing_paths(tmp_path):
-    write(tmp_path / "s0" / "train.jsonl", [{"body": "no text"}])
-    with pytest.raises(DataFormatError, match=r"train.jsonl:1: missing field\(s\) \['text'\]"):
+    write(tmp_path / "s0" / "train.jsonl", [{"text": "ok"}])
+    write(tmp_path / "s0" / "probes_changed.jsonl", [{"body": "no text"}])
+    with pytest.raises(DataFormatError, match=r"probes_changed.jsonl:1: missing field\(s\) \['text'\]"):
         load_stream(tmp_path)
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "absent")):
         load_stream(tmp_path / "absent")
     (tmp_path / "s1").mkdir()
-    write(tmp_path / "s0" / "train.jsonl", [{"text": "ok"}])
+    (tmp_path / "s0" / "probes_changed.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "s1" / "train.jsonl")):
         load_stream(tmp_path)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lifelong.config import compose_train_config
+from lifelong.data.corpus import load_corpus
 from lifelong.data.ecbd import load_ecbd
 from lifelong.data.jsonl import DataFormatError
 from lifelong.data.templama import load_templama
@@ -17,12 +18,13 @@ from lifelong.data.temporalwiki import load_temporalwiki
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
-def test_temporalwiki_stages_probes_and_spans():
-    stream = load_temporalwiki(FIXTURES / "temporalwiki", ["0809", "0910"], "sentence")
+def test_temporalwiki_stages_probes_and_spans(tmp_path):
+    stream = load_temporalwiki(FIXTURES / "temporalwiki", ["0809", "0910"], "sentence", str(tmp_path))
     assert [s.name for s in stream.stages] == ["0809", "0910"]
     first, second = stream.stages
-    assert len(first.train) == 2 and len(second.train) == 3
-    assert '"PSG"' in second.train[1]  # CSV quoting read back
+    first_text, second_text = load_corpus(first.train)["text"], load_corpus(second.train)["text"]
+    assert len(first_text) == 2 and len(second_text) == 3
+    assert '"PSG"' in second_text[1]  # CSV quoting read back
     assert [len(first.probes[n]) for n in ("changed", "unchanged", "new")] == [2, 3, 0]
     assert first.probes["changed"][0].text == "Lionel Messi member of sports team Paris Saint-Germain F.C."
     assert first.probes["changed"][0].span == (0, len(first.probes["changed"][0].text))
@@ -77,18 +79,35 @@ def test_ecbd_years_new_entity_span_probes_and_definitions():
     probe = first.probes["new"][0]
     assert probe.text == "The Mars 2020 rover landed in Jezero crater."
     assert probe.text[slice(*probe.span)] == "landed"
+    # the gold span comes from answer_d, not the T5-formatted answer_str
+    assert second.probes["new"][0].text == "COVID-19 vaccines were developed by several companies."
+    # definitions cleaned as ECBD cleans them: entity markers and "(')" dropped, whitespace collapsed
     assert first.train == ["Mars 2020 is a Mars rover mission by NASA.", "The mission launched in July 2020."]
+    assert second.train == ["COVID-19 is a contagious disease caused by SARS-CoV-2."]
     assert first.knowledge[0].text[slice(*first.knowledge[0].span)] == "Mars 2020"
+    assert second.knowledge[0].text[slice(*second.knowledge[0].span)] == "COVID-19"
     with pytest.raises(FileNotFoundError, match="2021/np_spans_test.json"):
         load_ecbd(FIXTURES / "ecbd", ["2021"], "np", "test")
+
+
+def test_ecbd_bad_gold_span_names_file_and_line(tmp_path):
+    lines = (FIXTURES / "ecbd" / "2020" / "np_spans_test.json").read_text().splitlines()
+    record = json.loads(lines[0])
+    record["answer_d"] = {"<extra_id_1>": "several companies"}
+    (tmp_path / "2020").mkdir()
+    path = tmp_path / "2020" / "np_spans_test.json"
+    path.write_text(lines[0] + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(DataFormatError, match=rf"{path}:2: answer_d must map <extra_id_0>"):
+        load_ecbd(tmp_path, ["2020"], "np", "test")
 
 
 @pytest.mark.parametrize(
     "overrides",
     [["data=temporalwiki", f"data.root={FIXTURES / 'temporalwiki'}", "data.stages=[0809,0910]"],
      ["data=templama", f"data.files=[{FIXTURES / 'templama' / 'test.json'}]"],
-     ["data=ecbd", f"data.root={FIXTURES / 'ecbd'}", "data.years=[2019,2020]"]],
-    ids=["temporalwiki", "templama", "ecbd"],
+     ["data=ecbd", f"data.root={FIXTURES / 'ecbd'}", "data.years=[2019,2020]"],
+     ["data=jsonl", f"data.path={FIXTURES / 'jsonl'}"]],
+    ids=["temporalwiki", "templama", "ecbd", "jsonl"],
 )
 def test_each_dataset_trains_end_to_end(tmp_path, overrides):
     from lifelong.train import train
@@ -97,3 +116,9 @@ def test_each_dataset_trains_end_to_end(tmp_path, overrides):
                                 "trainer.steps_per_stage=2"], run_dir=str(tmp_path))
     results = train(cfg)
     assert len(results["stages"]) == 2
+    if "data=templama" in overrides:  # TempLAMA's protocol adds span accuracy matrices
+        exact, top_k = results["accuracy"]["new/exact_match"], results["accuracy"]["changed/top_k"]
+        assert all(0 <= exact[t][j] <= 1 for t in range(2) for j in range(2))
+        assert top_k[1][0] is None and 0 <= top_k[1][1] <= 1  # the first year changes nothing
+    else:
+        assert "accuracy" not in results

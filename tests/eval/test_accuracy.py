@@ -6,7 +6,7 @@ import torch
 
 from lifelong.config import ModelConfig
 from lifelong.data.stream import Probe
-from lifelong.data.tokens import pack, train_tokenizer
+from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
 from lifelong.eval.accuracy import span_accuracy
 from lifelong.models import build_model
 
@@ -16,10 +16,10 @@ def test_memorized_fact_is_exact_and_a_wrong_target_is_not():
     tokenizer = train_tokenizer([text, "Ana lives in Rome."] * 20, 300)
     torch.manual_seed(0)
     model = build_model(ModelConfig(n_layer=2, d_model=64, n_head=2, d_ff=128, max_seq_len=32), tokenizer)
-    blocks = pack(tokenizer, [text] * 8, 16)
+    ids, labels = lm_inputs(pack(tokenizer, [text] * 8, 16))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(60):
-        model(input_ids=blocks, labels=blocks).loss.backward()
+        model(input_ids=ids, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     start = text.index("Paris")

@@ -9,7 +9,7 @@ import torch
 
 from lifelong.config import CONF_DIR, ModelConfig, SyntheticDataConfig
 from lifelong.data.synthetic import generate_stream
-from lifelong.data.tokens import pack, train_tokenizer
+from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
 from lifelong.eval.perplexity import encode_probes
 from lifelong.methods.base import StageContext
 from lifelong.models import build_model, layer_of
@@ -36,6 +36,11 @@ def setup():
 
 def ctx_for(index, model, tokenizer, blocks, tmp_path):
     return StageContext(index, STREAM, blocks[: index + 1], model, tokenizer, torch.device("cpu"), tmp_path, 4, None)
+
+
+def lm_loss(model, blocks):
+    ids, labels = lm_inputs(blocks)
+    return model(input_ids=ids, labels=labels).loss
 
 
 def naive_norms(model, losses):
@@ -69,8 +74,7 @@ def test_trace_equals_naive_and_leaves_no_trace(setup, tmp_path):
     for b in range(2):
         ids, attention, labels = span_batch(knowledge, list(range(4 * b, 4 * b + 4)), tokenizer.pad_token_id)
         temporal.append(lambda i=ids, a=attention, lab=labels: model(input_ids=i, attention_mask=a, labels=lab).loss)
-    control = [lambda b=b: model(input_ids=blocks[1][4 * b : 4 * b + 4], labels=blocks[1][4 * b : 4 * b + 4]).loss
-               for b in range(2)]
+    control = [lambda b=b: lm_loss(model, blocks[1][4 * b : 4 * b + 4]) for b in range(2)]
     rows, naive_temporal = naive_norms(model, temporal)
     _, naive_control = naive_norms(model, control)
     assert trace.layers == rows
@@ -108,7 +112,7 @@ def test_tracing_does_not_change_training(setup, tmp_path):
         for step in range(4):
             if traced and step == 2:
                 trace_layers(model, knowledge, blocks[1], 2, 4, torch.device("cpu"), tokenizer.pad_token_id)
-            loss = model(input_ids=blocks[1][:4], labels=blocks[1][:4]).loss
+            loss = lm_loss(model, blocks[1][:4])
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -138,7 +142,7 @@ def test_freeze_keeps_unselected_layers_bit_identical(setup, tmp_path):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = build_optimizer(make_config(tmp_path / "cfg").trainer, default_param_groups(model, 0.01))
     for _ in range(3):
-        model(input_ids=blocks[1][:4], labels=blocks[1][:4]).loss.backward()
+        lm_loss(model, blocks[1][:4]).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     for name, p in model.named_parameters():

@@ -1,0 +1,103 @@
+"""Training corpora larger than memory: files on disk -> datasets' Arrow cache -> packed blocks.
+
+    load_corpus      jsonl / csv files into a memory-mapped Arrow dataset (datasets' cache)
+    tokenize_corpus  token ids per document, cached by datasets per (corpus, tokenizer)
+    pack_corpus      boundary-respecting [N, seq_len] int32 blocks in a memory-mapped .npy
+                     next to the tokenized cache, so a rerun maps it instead of packing again
+
+Every step shows a progress bar; none holds the corpus in memory (packing reads document
+lengths first, then copies tokens one Arrow chunk at a time).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from tqdm.auto import tqdm
+
+from lifelong.data.stream import TextFiles
+from lifelong.data.tokens import PAD, block_layout, pack, scatter_pieces
+
+
+class CorpusFormatError(ValueError):
+    pass
+
+
+def load_corpus(files: TextFiles) -> datasets.Dataset:
+    """The files' `column` as an Arrow dataset, memory-mapped from datasets' cache."""
+    for path in files.paths:
+        if not path.exists():
+            raise FileNotFoundError(f"missing corpus file: {path}")
+    builder = "csv" if files.paths[0].suffix == ".csv" else "json"
+    try:
+        corpus = datasets.load_dataset(builder, data_files=[str(p) for p in files.paths], split="train",
+                                       cache_dir=files.cache_dir)
+    except datasets.exceptions.DatasetGenerationError as error:
+        if builder == "json":  # name the first bad line
+            from lifelong.data.jsonl import read_jsonl
+
+            for path in files.paths:
+                read_jsonl(path, (files.column,))
+        names = ", ".join(map(str, files.paths))
+        raise CorpusFormatError(f"{names}: not readable as {builder}: {error.__cause__}") from error
+    if files.column not in corpus.column_names:
+        raise CorpusFormatError(f"{files.paths[0]}: no `{files.column}` field (has {corpus.column_names})")
+    return corpus.select_columns([files.column])
+
+
+def _encode(batch: dict, tokenizer, column: str) -> dict:
+    texts = [text for text in batch[column] if text and text.strip()]
+    bos = tokenizer.eos_token_id
+    return {"input_ids": [[bos, *ids] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]}
+
+
+def tokenize_corpus(corpus: datasets.Dataset, tokenizer) -> datasets.Dataset:
+    """Token ids of each non-empty document, each preceded by EOS. datasets fingerprints the
+    tokenizer with the transform, so a second run with the same tokenizer reads the cache."""
+    return corpus.map(
+        _encode, batched=True, batch_size=1000, remove_columns=corpus.column_names,
+        fn_kwargs={"tokenizer": tokenizer, "column": corpus.column_names[0]},
+        features=datasets.Features({"input_ids": datasets.List(datasets.Value("int32"))}),
+        desc="tokenizing",
+    )
+
+
+def pack_corpus(tokenized: datasets.Dataset, seq_len: int) -> torch.Tensor:
+    """[N, seq_len] int32 blocks (see lifelong/data/tokens.py), memory-mapped from a .npy file
+    cached beside the tokenized Arrow file and written atomically."""
+    arrow_file = Path(tokenized.cache_files[0]["filename"])
+    path = arrow_file.with_name(f"{arrow_file.stem}.packed{seq_len}.npy")
+    if not path.exists():
+        ids = tokenized.data.column("input_ids")
+        lengths = pc.list_value_length(ids).to_numpy().astype(np.int64)
+        sizes, destinations, num_blocks = block_layout(lengths, seq_len)
+        if num_blocks == 0:
+            raise CorpusFormatError(f"{arrow_file}: the corpus has no text")
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.int32, shape=(num_blocks, seq_len))
+        flat = out.reshape(-1)
+        flat[:] = PAD
+        piece_starts = np.cumsum(sizes) - sizes
+        source = 0
+        for chunk in tqdm(ids.chunks, desc="packing", unit="chunk"):
+            tokens = chunk.flatten().to_numpy()
+            # a document never spans two chunks, so the chunk's pieces are the ones starting in it
+            first, end = np.searchsorted(piece_starts, [source, source + len(tokens)])
+            scatter_pieces(flat, tokens, sizes[first:end], destinations[first:end])
+            source += len(tokens)
+        out.flush()
+        del flat, out
+        os.replace(temporary, path)
+    return torch.from_numpy(np.load(path, mmap_mode="c"))
+
+
+def stage_blocks(train: list[str] | TextFiles, tokenizer, seq_len: int) -> torch.Tensor:
+    """A stage's training blocks: packed in memory for a list of texts, through the Arrow cache for files."""
+    if isinstance(train, TextFiles):
+        return pack_corpus(tokenize_corpus(load_corpus(train), tokenizer), seq_len)
+    return pack(tokenizer, train, seq_len)
