@@ -73,7 +73,9 @@ class MIGU(Method):
     def _accumulate(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         if not module.training:
             return
-        magnitude = output.detach().abs().sum(dim=tuple(range(output.dim() - 1)), dtype=torch.float32)
+        # the L1 norm over all but the feature dim: |output| summed without materializing |output|
+        magnitude = torch.linalg.vector_norm(output.detach(), 1, dim=tuple(range(output.dim() - 1)),
+                                             dtype=torch.float32)
         if module in self.sums:
             self.sums[module] += magnitude
         else:
@@ -83,11 +85,12 @@ class MIGU(Method):
     def transform_gradients(self, model: nn.Module) -> None:
         if not self.active:
             return
-        masks = {}
-        for source, sums in self.sums.items():
-            if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(sums, op=dist.ReduceOp.AVG)
-            masks[source] = sums >= torch.quantile(sums, self.mask_fraction)
+        sources, sums = list(self.sums), list(self.sums.values())
+        if sums and dist.is_available() and dist.is_initialized():  # one collective for all layers
+            flat = torch.cat(sums)
+            dist.all_reduce(flat, op=dist.ReduceOp.AVG)
+            sums = flat.split([len(s) for s in sums])
+        masks = {source: s >= torch.quantile(s, self.mask_fraction) for source, s in zip(sources, sums, strict=True)}
         for target in self.targets:
             if target.weight.grad is None or target.source not in masks:
                 continue
