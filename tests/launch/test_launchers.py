@@ -73,6 +73,16 @@ def test_submitit_slurm_two_job_sweep(tmp_path, slurm_cluster):
 
 
 @pytest.mark.slurm
+def release_requeued(job: str) -> None:
+    """SLURM holds a requeued job back for ~2 minutes (reason BeginTime); let it start now."""
+    for _ in range(600):
+        reason = subprocess.run(["squeue", "-h", "-j", job, "-o", "%r"], capture_output=True, text=True).stdout
+        if "BeginTime" in reason:
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+            return
+        time.sleep(0.05)
+
+
 def test_slurm_requeue_resumes_and_finishes(tmp_path, slurm_cluster):
     sweep_dir = tmp_path / "sweep"
     process = subprocess.Popen(
@@ -89,6 +99,7 @@ def test_slurm_requeue_resumes_and_finishes(tmp_path, slurm_cluster):
             assert len(jobs) == 1
             subprocess.run(["scontrol", "requeue", jobs[0]], check=True)
             requeued = True
+            release_requeued(jobs[0])
         time.sleep(0.05)
     assert requeued, "the job never got going"
     _, stderr = process.communicate(timeout=600)
