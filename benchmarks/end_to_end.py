@@ -1,0 +1,55 @@
+"""End-to-end wall times of the commands a user runs.
+
+    python benchmarks/end_to_end.py [--skip-paper]
+
+- `lifelong-train` with no arguments (the README's first command, after installation);
+- `lifelong-train -m experiment=paper_main_cpu` (63 runs: 7 methods x 3 TGL variants x 3 seeds)
+  followed by `lifelong-report` on its sweep: the miniature paper reproduction.
+Each runs as a subprocess in a temp dir, as a user would run it. Writes
+benchmarks/results/end_to_end.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from common import RESULTS
+
+
+def timed(command: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "WANDB_MODE": "offline"})
+    if done.returncode:
+        raise RuntimeError(f"{command} failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--skip-paper", action="store_true", help="only the default run (the sweep takes ~10 min)")
+    args = parser.parse_args()
+    train, report = shutil.which("lifelong-train"), shutil.which("lifelong-report")
+    result: dict = {"cpu_cores": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        result["default_run_s"] = timed([train], Path(tmp))
+        if not args.skip_paper:
+            sweep = Path(tmp) / "paper"
+            result["paper_main_cpu_sweep_s"] = timed([train, "-m", "experiment=paper_main_cpu",
+                                                      f"hydra.sweep.dir={sweep}"], Path(tmp))
+            result["paper_main_cpu_runs"] = len(list(sweep.rglob("results.json")))
+            result["report_s"] = timed([report, str(sweep)], Path(tmp))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "end_to_end.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Generate benchmarks/RESULTS.md from the JSON figures in benchmarks/results/.
+
+    python benchmarks/results_md.py          # after the benchmarks: bash benchmarks/run_all.sh
+
+Each row is one figure of issue 9 with its target, read from the JSON a benchmark script
+wrote in the same run; a missing JSON is reported as "not run", never filled in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from common import RESULTS
+
+OUT = Path(__file__).parent / "RESULTS.md"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def row(number: str, figure: str, value: str, target: str = "", met: bool | None = None) -> str:
+    verdict = "" if met is None else ("yes" if met else "**no**")
+    return f"| {number} | {figure} | {value} | {target} | {verdict} |"
+
+
+def spread(times: dict, name: str) -> str:
+    low, high = times[name]
+    return f"{low * 1e3:.1f}-{high * 1e3:.1f} ms"
+
+
+def rows() -> list[str]:
+    out = []
+    overhead = load("overhead")
+    if overhead:
+        t, s = overhead["step_time_s"], overhead["spread_s"]
+        out.append(row("1", "lifelong step / bare PyTorch loop",
+                       f"{overhead['ratio_lifelong_vs_bare']:.3f}x ({t['lifelong'] * 1e3:.1f} vs "
+                       f"{t['bare'] * 1e3:.1f} ms; "
+                       f"spread {spread(s, 'lifelong')} / {spread(s, 'bare')})",
+                       "<= 1.03", overhead["ratio_lifelong_vs_bare"] <= 1.03))
+        out.append(row("2", "lifelong step / HF Trainer step",
+                       f"{overhead['ratio_lifelong_vs_hf_trainer']:.3f}x ({t['hf_trainer'] * 1e3:.1f} ms HF; "
+                       f"spread {spread(s, 'hf_trainer')})", "<= 1.0", overhead["ratio_lifelong_vs_hf_trainer"] <= 1.0))
+    else:
+        out.append(row("1-2", "overhead.py", "not run"))
+    tgl = load("tgl")
+    if tgl:
+        ratio = tgl["ratio_log_every_step_vs_rarely"]
+        out.append(row("3", "per-layer grad-norm logging every step / rarely", f"{ratio:.3f}x", "<= 1.03",
+                       ratio <= 1.03))
+        tracing = tgl["tracing"]
+        out.append(row("3", "TGL tracing, share of a stage",
+                       f"{tracing['fraction_of_stage']:.1%} ({tracing['trace_s']:.2f} s per trace, "
+                       f"stage of {tracing['stage_steps']} steps)"))
+    else:
+        out.append(row("3", "tgl.py", "not run"))
+    methods = load("methods")
+    if methods:
+        ratios = methods["ratio_vs_finetune"]
+        for name, target in (("migu", 1.05), ("ewc", 1.10)):
+            out.append(row("3", f"{name} step / finetune step", f"{ratios[name]:.3f}x", f"<= {target}",
+                           ratios[name] <= target))
+        others = ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items() if n not in ("finetune", "migu", "ewc"))
+        out.append(row("3", "other methods / finetune", others))
+    else:
+        out.append(row("3", "methods.py", "not run"))
+    evaluation = load("eval_throughput")
+    if evaluation:
+        ratio = evaluation["ratio_lifelong_vs_bare"]
+        out.append(row("4", "probe perplexity tokens/s / bare batched loop",
+                       f"{ratio:.2f}x ({evaluation['tokens_per_s']['lifelong']:.0f} tok/s, same values: "
+                       f"{evaluation['same_value']})", ">= 0.95", ratio >= 0.95))
+    else:
+        out.append(row("4", "eval_throughput.py", "not run"))
+    data = load("data_path")
+    if data:
+        out.append(row("5", "data path tokens/s / training step tokens/s",
+                       f"{data['ratio_data_vs_step']:.0f}x ({data['data_path_tokens_per_s']:.3g} vs "
+                       f"{data['train_step_tokens_per_s']:.3g} tok/s, {data['data']})", "> 1 (never starves)",
+                       data["ratio_data_vs_step"] > 1))
+    corpus = load("corpus")
+    if corpus:
+        out.append(row("5", f"{corpus['corpus_mb']} MB jsonl: load + tokenize + pack (cold)",
+                       f"{corpus['cold_tokens_per_s']:.3g} tok/s ({corpus['cold_mb_per_s']:.1f} MB/s, "
+                       f"{corpus['tokens']:.3g} tokens, padding {corpus['padding_fraction']:.1%}, "
+                       f"peak RSS {corpus['peak_rss_mb']:.0f} MB)"))
+        out.append(row("5", "same corpus, warm (both caches hit)", f"{corpus['seconds']['warm']['total']:.2f} s"))
+    scaling = load("scaling")
+    if scaling:
+        for preset, f in scaling["presets"].items():
+            out.append(row("6", f"{preset} ({f['parameters'] / 1e6:.1f}M params)",
+                           f"{f['step_s'] * 1e3:.0f} ms/step, {f['tokens_per_s']:.0f} tok/s"))
+        for setup, f in scaling["ddp"].items():
+            out.append(row("6", f"tiny_gpt2, {setup.replace('_', ' ')}", f"{f['tokens_per_s']:.0f} tok/s"))
+        out.append(row("6", "2-process DDP (gloo) speed-up", f"{scaling['ddp_speedup_vs_1_thread']:.2f}x vs 1 thread, "
+                       f"{scaling['ddp_speedup_vs_2_threads']:.2f}x vs 2 threads"))
+    else:
+        out.append(row("6", "scaling.py", "not run"))
+    end = load("end_to_end")
+    if end:
+        out.append(row("7", "`lifelong-train` (default run)", f"{end['default_run_s']:.0f} s", "< 300 s",
+                       end["default_run_s"] < 300))
+        if "paper_main_cpu_sweep_s" in end:
+            out.append(row("7", f"`-m experiment=paper_main_cpu` ({end['paper_main_cpu_runs']} runs) + report",
+                           f"{end['paper_main_cpu_sweep_s'] / 60:.1f} min + {end['report_s']:.0f} s"))
+    else:
+        out.append(row("7", "end_to_end.py", "not run"))
+    return out
+
+
+def main() -> None:
+    text = "\n".join([
+        "# Benchmark results",
+        "",
+        "Generated by `python benchmarks/results_md.py` from `benchmarks/results/*.json`; regenerate",
+        "everything with `bash benchmarks/run_all.sh` (about 25 minutes on 2 CPU cores). Ratios are",
+        "measured side by side in one run; medians over repetitions, spreads min-max.",
+        "",
+        "| # | figure | measured | target | met |",
+        "|---|---|---|---|---|",
+        *rows(),
+        "",
+    ])
+    OUT.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

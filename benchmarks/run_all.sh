@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Every benchmark of issue 9, one after another (they must not share the CPU), then RESULTS.md.
+#   bash benchmarks/run_all.sh            (~25 min on 2 cores; the paper_main_cpu sweep is ~10 of them)
+set -euo pipefail
+cd "$(dirname "$0")"
+export WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
+python overhead.py
+python methods.py
+python tgl.py
+python eval_throughput.py
+python data_path.py
+python corpus.py
+python scaling.py
+python end_to_end.py
+python results_md.py
