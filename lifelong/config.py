@@ -115,6 +115,9 @@ class SyntheticDataConfig:
             "trained or heldout",
         )
 
+    def input_paths(self) -> dict[str, list[str]]:
+        return {}  # generated in-process
+
     def build(self):
         from lifelong.data.synthetic import generate_stream
 
@@ -132,6 +135,9 @@ class JsonlDataConfig:
     def __post_init__(self) -> None:
         require(self.seq_len > 0, "data.seq_len", self.seq_len, "an integer > 0")
         require(self.vocab_size >= 300, "data.vocab_size", self.vocab_size, "an integer >= 300")
+
+    def input_paths(self) -> dict[str, list[str]]:
+        return {"data.path": [self.path]}
 
     def build(self):
         from lifelong.data.jsonl import load_stream
@@ -155,6 +161,9 @@ class TemporalWikiDataConfig:
         require(all(len(s) == 4 and s.isdigit() for s in self.stages), "data.stages", list(self.stages),
                 "month pairs such as 0809")
 
+    def input_paths(self) -> dict[str, list[str]]:
+        return {"data.root": [self.root]}
+
     def build(self):
         from lifelong.data.temporalwiki import load_temporalwiki
 
@@ -172,6 +181,9 @@ class TempLAMADataConfig:
     def __post_init__(self) -> None:
         require(self.accuracy_top_k is None or self.accuracy_top_k > 0, "data.accuracy_top_k",
                 self.accuracy_top_k, "an integer > 0 or null")
+
+    def input_paths(self) -> dict[str, list[str]]:
+        return {"data.files": list(self.files)}
 
     def build(self):
         from lifelong.data.templama import load_templama
@@ -192,6 +204,9 @@ class ECBDDataConfig:
     def __post_init__(self) -> None:
         require(self.spans in ("np", "random"), "data.spans", self.spans, "np or random")
         require(self.split in ("dev", "test"), "data.split", self.split, "dev or test")
+
+    def input_paths(self) -> dict[str, list[str]]:
+        return {"data.root": [self.root]}
 
     def build(self):
         from lifelong.data.ecbd import load_ecbd
@@ -475,7 +490,19 @@ def validate_command_line(args: list[str], config_name: str = "train") -> int:
     jobs = _job_overrides(overrides)
     for job in jobs:
         try:
-            compose_train_config(job, config_name=config_name)
+            cfg = compose_train_config(job, config_name=config_name)
         except (HydraException, OmegaConfBaseException) as error:
             raise _explain(error, job) from error
+        check_input_paths(cfg)
     return len(jobs)
+
+
+def check_input_paths(cfg: TrainConfig) -> None:
+    """Every model / data path of a job exists, before anything is launched. Nothing is
+    downloaded: a hub id or a path on another machine gets an error naming the key to set."""
+    paths = {**cfg.data.input_paths(), **({"model.path": [cfg.model.path]} if cfg.model.path else {})}
+    for key, values in paths.items():
+        for value in values:
+            if not Path(value).exists():
+                raise ConfigError(key, value, "an existing local path (nothing is downloaded: copy the files to "
+                                  f"this machine and set {key} to them)")

@@ -12,15 +12,17 @@ from lifelong.config import CONF_DIR, ConfigError, TrainConfig, compose_train_co
 from tests.conftest import REPO
 
 GROUPS = ["model", "data", "method", "tgl", "trainer", "logger", "experiment", "cluster", "hydra/launcher"]
+FIXTURES = REPO / "tests" / "fixtures"
+MODEL_DIR = FIXTURES  # paths are checked for existence only: any existing directory stands in for a model
 # options that need more than themselves: what a user must add
 REQUIRED = {
-    ("model", "local"): ["model.path=/some/model"],
-    ("data", "jsonl"): ["data.path=/some/stream"],
+    ("model", "local"): [f"model.path={MODEL_DIR}"],
+    ("data", "jsonl"): [f"data.path={FIXTURES / 'jsonl'}"],
     ("cluster", "example"): ["hydra/launcher=submitit_slurm"],
-    ("experiment", "paper_main"): ["model.path=/models/gpt2", "data.path=/data/stream"],
-    ("data", "temporalwiki"): ["data.root=/data/twiki"],
-    ("data", "templama"): ["data.files=[/data/templama/test.json]"],
-    ("data", "ecbd"): ["data.root=/data/ecbd"],
+    ("experiment", "paper_main"): [f"model.path={MODEL_DIR}", f"data.path={FIXTURES / 'jsonl'}"],
+    ("data", "temporalwiki"): [f"data.root={FIXTURES / 'temporalwiki'}"],
+    ("data", "templama"): [f"data.files=[{FIXTURES / 'templama' / 'test.json'}]"],
+    ("data", "ecbd"): [f"data.root={FIXTURES / 'ecbd'}"],
 }
 
 
@@ -71,6 +73,10 @@ def test_a_presets_sweeper_params_are_validated_too():
         (["model.n_head=3"], "model.n_head", "divisor"),
         (["model=local"], "model.path", "required"),
         (["-m", "seed=0,1", "trainer.lr=0.1,-1"], "trainer.lr", "> 0"),
+        (["data=ecbd", "data.root=/absent/ecbd"], "data.root", "nothing is downloaded"),
+        (["data=templama", f"data.files=[{FIXTURES / 'templama' / 'test.json'},/absent/t.json]"], "data.files",
+         "/absent/t.json"),
+        (["model=local", "model.path=gpt2"], "model.path", "set model.path"),  # a hub id, offline
     ],
 )
 def test_bad_config_names_key_and_allowed(overrides, key, allowed):
