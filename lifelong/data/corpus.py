@@ -12,10 +12,12 @@ lengths first, then copies tokens one Arrow chunk at a time).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from tqdm.auto import tqdm
@@ -70,30 +72,37 @@ def tokenize_corpus(corpus: datasets.Dataset, tokenizer) -> datasets.Dataset:
 def pack_corpus(tokenized: datasets.Dataset, seq_len: int) -> torch.Tensor:
     """[N, seq_len] int32 blocks (see lifelong/data/tokens.py), memory-mapped from a .npy file
     cached beside the tokenized Arrow file and written atomically."""
+    ids = tokenized.data.column("input_ids")
+    if not tokenized.cache_files:  # an in-memory dataset (Dataset.from_dict, say): pack in memory
+        return torch.from_numpy(_pack(ids, seq_len, lambda shape: np.empty(shape, dtype=np.int32)))
     arrow_file = Path(tokenized.cache_files[0]["filename"])
     path = arrow_file.with_name(f"{arrow_file.stem}.packed{seq_len}.npy")
     if not path.exists():
-        ids = tokenized.data.column("input_ids")
-        lengths = pc.list_value_length(ids).to_numpy().astype(np.int64)
-        sizes, destinations, num_blocks = block_layout(lengths, seq_len)
-        if num_blocks == 0:
-            raise CorpusFormatError(f"{arrow_file}: the corpus has no text")
         temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        out = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.int32, shape=(num_blocks, seq_len))
-        flat = out.reshape(-1)
-        flat[:] = PAD
-        piece_starts = np.cumsum(sizes) - sizes
-        source = 0
-        for chunk in tqdm(ids.chunks, desc="packing", unit="chunk"):
-            tokens = chunk.flatten().to_numpy()
-            # a document never spans two chunks, so the chunk's pieces are the ones starting in it
-            first, end = np.searchsorted(piece_starts, [source, source + len(tokens)])
-            scatter_pieces(flat, tokens, sizes[first:end], destinations[first:end])
-            source += len(tokens)
+        out = _pack(ids, seq_len, lambda shape: np.lib.format.open_memmap(temporary, "w+", np.int32, shape))
         out.flush()
-        del flat, out
+        del out
         os.replace(temporary, path)
     return torch.from_numpy(np.load(path, mmap_mode="c"))
+
+
+def _pack(ids: pa.ChunkedArray, seq_len: int, allocate: Callable[[tuple[int, int]], np.ndarray]) -> np.ndarray:
+    """Lay out every document from the lengths alone, then copy tokens one Arrow chunk at a time."""
+    sizes, destinations, num_blocks = block_layout(pc.list_value_length(ids).to_numpy().astype(np.int64), seq_len)
+    if num_blocks == 0:
+        raise CorpusFormatError("the corpus has no text")
+    out = allocate((num_blocks, seq_len))
+    flat = out.reshape(-1)
+    flat[:] = PAD
+    piece_starts = np.cumsum(sizes) - sizes
+    source = 0
+    for chunk in tqdm(ids.chunks, desc="packing", unit="chunk"):
+        tokens = chunk.flatten().to_numpy()
+        # a document never spans two chunks, so the chunk's pieces are the ones starting in it
+        first, end = np.searchsorted(piece_starts, [source, source + len(tokens)])
+        scatter_pieces(flat, tokens, sizes[first:end], destinations[first:end])
+        source += len(tokens)
+    return out
 
 
 def stage_blocks(train: list[str] | TextFiles, tokenizer, seq_len: int) -> torch.Tensor:

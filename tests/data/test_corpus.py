@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -82,6 +83,12 @@ def test_arrow_path_equals_in_memory_packing_and_is_cached(tmp_path, tokenizer):
     other = tokenize_corpus(load_corpus(files), train_tokenizer(TEXTS[:200], 450))
     assert other.cache_files != tokenized.cache_files  # a cache per tokenizer
     assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_an_in_memory_dataset_is_packed_in_memory(tokenizer):
+    tokenized = tokenize_corpus(datasets.Dataset.from_dict({"text": TEXTS[:50]}), tokenizer)
+    assert tokenized.cache_files == []  # nothing on disk to map
+    assert torch.equal(pack_corpus(tokenized, 32), pack(tokenizer, TEXTS[:50], 32))
 
 
 def test_empty_lines_and_blank_texts_are_skipped(tmp_path, tokenizer):
