@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,6 +23,9 @@ import torch
 from tqdm.auto import tqdm
 
 from lifelong.data.stream import TextFiles
+
+if TYPE_CHECKING:  # imported where used: a run on in-memory text never loads datasets
+    import datasets
 from lifelong.data.tokens import PAD, block_layout, pack, scatter_pieces
 
 
@@ -32,6 +35,8 @@ class CorpusFormatError(ValueError):
 
 def load_corpus(files: TextFiles) -> datasets.Dataset:
     """The files' `column` as an Arrow dataset, memory-mapped from datasets' cache."""
+    import datasets
+
     for path in files.paths:
         if not path.exists():
             raise FileNotFoundError(f"missing corpus file: {path}")
@@ -61,6 +66,8 @@ def _encode(batch: dict, tokenizer, column: str) -> dict:
 def tokenize_corpus(corpus: datasets.Dataset, tokenizer) -> datasets.Dataset:
     """Token ids of each non-empty document, each preceded by EOS. datasets fingerprints the
     tokenizer with the transform, so a second run with the same tokenizer reads the cache."""
+    import datasets
+
     return corpus.map(
         _encode, batched=True, batch_size=1000, remove_columns=corpus.column_names,
         fn_kwargs={"tokenizer": tokenizer, "column": corpus.column_names[0]},

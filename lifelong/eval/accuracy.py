@@ -31,13 +31,11 @@ def span_accuracy(model: nn.Module, tokenizer, probes: list[Probe], device: torc
         # the target as the model sees it after the prompt: with its leading space, if any
         target_ids = tokenizer(probe.text[len(probe.text[:start].rstrip()):end], add_special_tokens=False)["input_ids"]
         ids = torch.tensor([prompt_ids], device=device)
-        first = model(input_ids=ids).logits[0, -1].topk(k).indices.tolist()
-        top += target_ids[0] in first
-        generated = []
-        for _ in range(len(target_ids)):
-            next_id = int(model(input_ids=ids).logits[0, -1].argmax())
-            generated.append(next_id)
-            ids = torch.cat([ids, torch.tensor([[next_id]], device=device)], dim=1)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(target_ids),
+                             min_new_tokens=len(target_ids), do_sample=False, output_scores=True,
+                             return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+        top += target_ids[0] in out.scores[0][0].topk(k).indices.tolist()
+        generated = out.sequences[0, ids.shape[1] :].tolist()
         exact += tokenizer.decode(generated).strip() == target.strip()
     model.train(was_training)
     return {"exact_match": exact / len(probes), "top_k": top / len(probes)}

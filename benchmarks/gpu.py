@@ -1,0 +1,82 @@
+"""The CUDA path with bf16 autocast on one GPU: issue 9's figures 1-3 and 6 there.
+
+    python benchmarks/gpu.py [--steps 100] [--repeats 3] [--model gpt2_100m] [--device cuda]
+
+On `trainer=gpu` (bf16 autocast), model gpt2_100m, batch 16 x 512 unless a figure says so:
+1-2. lifelong vs. a bare loop vs. the HF Trainer (bf16), timed as in overhead.py;
+3.   per-layer grad-norm logging every step vs. every steps/4; MIGU and EWC vs. finetune (stage 1);
+6.   tokens/s and MFU of tiny_gpt2, tiny_llama (16 x 128) and gpt2_100m.
+MFU = (6 N + 12 L d s) x tokens/s / the GPU's dense bf16 peak (nanoGPT's estimate; N all
+parameters, s the sequence length). Writes benchmarks/results/cuda_bf16.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from common import RESULTS, lifelong_step_times, steady_median
+from overhead import compare, summary
+
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="gpt2_100m")
+    parser.add_argument("--device", default="cuda", help="cpu: a dry run of this script's code paths")
+    args = parser.parse_args()
+    name = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+    peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+    large = ["trainer=gpu", f"trainer.device={args.device}", f"model={args.model}", "data.seq_len=512",
+             "model.max_seq_len=512", "trainer.micro_batch_size=16",
+             "data.num_stages=2", f"trainer.steps_per_stage={args.steps}", "trainer.log_every=10"]
+    result: dict = {"device": name, "peak_bf16_flops": peak, "steps": args.steps, "repeats": args.repeats}
+
+    result["overhead"] = summary(compare(large, args.repeats))
+    print(json.dumps(result["overhead"], indent=2), flush=True)
+
+    def step_time(overrides: list[str], stage: int, tag: str) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            return steady_median(lifelong_step_times([*large, *overrides], Path(tmp) / tag, stage))
+
+    rarely_every = args.steps // 4
+    every = step_time(["trainer.log_every=1"], 0, "every")
+    rarely = step_time([f"trainer.log_every={rarely_every}"], 0, "rare")
+    result["logging"] = {"every_step_s": every, f"every_{rarely_every}_s": rarely, "ratio": every / rarely,
+                         "target": "<= 1.03"}
+    methods = {m: step_time([f"method={m}"], 1, m) for m in ("finetune", "migu", "ewc")}
+    result["methods"] = {"step_time_s": methods, "ratio_vs_finetune": {m: t / methods["finetune"]
+                                                                      for m, t in methods.items()},
+                         "targets": {"migu": 1.05, "ewc": 1.10}}
+    print(json.dumps({k: result[k] for k in ("logging", "methods")}, indent=2), flush=True)
+
+    from lifelong.config import compose_train_config
+    from lifelong.data.tokens import train_tokenizer
+    from lifelong.models import build_model
+
+    result["throughput"] = {}
+    for preset, seq_len in (("tiny_gpt2", 128), ("tiny_llama", 128), (args.model, 512)):
+        overrides = [f"model={preset}", f"data.seq_len={seq_len}", f"model.max_seq_len={seq_len}"]
+        cfg = compose_train_config([*large, *overrides])
+        model = build_model(cfg.model, train_tokenizer(cfg.data.build().all_text(), cfg.data.vocab_size))
+        parameters = sum(p.numel() for p in model.parameters())
+        seconds = step_time(overrides, 0, preset)
+        tokens_per_s = 16 * seq_len / seconds
+        flops_per_token = 6 * parameters + 12 * cfg.model.n_layer * cfg.model.d_model * seq_len
+        result["throughput"][preset] = {
+            "parameters": parameters, "batch": [16, seq_len], "step_s": seconds, "tokens_per_s": tokens_per_s,
+            "mfu": flops_per_token * tokens_per_s / peak if peak else None,
+        }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.device}_bf16.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
