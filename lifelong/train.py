@@ -43,6 +43,7 @@ from lifelong.methods.base import Method, StageContext
 from lifelong.models import build_model
 from lifelong.optim import LayerGradNorms, build_optimizer, build_scheduler, default_param_groups
 from lifelong.track import build_logger
+from lifelong.track.deferred import DeferredMetrics
 from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.track.plots import grad_norm_heatmap
 from lifelong.track.runinfo import run_info
@@ -196,6 +197,7 @@ def train(cfg: TrainConfig) -> dict:
     matrices = resume["matrices"] if resume else {n: [[None] * num_stages for _ in range(num_stages)]
                                                   for n in [*PROBE_SETS, *accuracy_keys]}
     logger = build_logger(cfg, run_dir, env.is_main)
+    metrics = DeferredMetrics(logger)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision is Precision.fp16)
     preemption = Preemption().install()
     tc = cfg.trainer
@@ -264,22 +266,18 @@ def train(cfg: TrainConfig) -> dict:
             if (step + 1) % tc.log_every == 0 or step + 1 == tc.steps_per_stage:
                 steps_in_window = (step % tc.log_every) + 1
                 elapsed = time.perf_counter() - window_start
-                record = {
-                    "stage": t,
-                    "step": step + 1,
-                    "global_step": t * tc.steps_per_stage + step + 1,
-                    "loss": mean_across_ranks(window_loss).item() / steps_in_window,
-                    "lr": scheduler.get_last_lr()[0],
-                    "grad_norm": total_norm.item(),
-                    "tokens_per_s": steps_in_window * step_batch * seq_len / elapsed,
-                }
-                record.update({f"grad_norm/{n}": v for n, v in zip(norms.layers, layer_norms.tolist(),
-                                                                    strict=True)})
-                logger.log(record)
+                record = {"stage": t, "step": step + 1, "global_step": t * tc.steps_per_stage + step + 1,
+                          "lr": scheduler.get_last_lr()[0],
+                          "tokens_per_s": steps_in_window * step_batch * seq_len / elapsed}
+                # loss and norms stay on the device: they are written once they reach the host
+                values = torch.cat([(mean_across_ranks(window_loss) / steps_in_window).reshape(1),
+                                    total_norm.reshape(1), layer_norms])
+                metrics.log(record, ["loss", "grad_norm", *(f"grad_norm/{n}" for n in norms.layers)], values)
                 window_start, window_loss = time.perf_counter(), torch.zeros((), device=device)
             preempted = any_rank(preemption.requested, device)
             if preempted or (tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0
                              and step + 1 < tc.steps_per_stage):
+                metrics.flush()  # the metrics file holds every step up to the checkpoint
                 state = {"stage": t, "step": step + 1, "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                          "window_loss": window_loss.detach().cpu()}
@@ -289,6 +287,7 @@ def train(cfg: TrainConfig) -> dict:
                 logger.close()
                 preemption.hand_over()
 
+        metrics.flush()
         for hook in reversed(hooks):  # undo in reverse: TGL releases its freeze before EWC's Fisher
             hook.after_stage(ctx)
         if env.is_main:

@@ -47,6 +47,8 @@ class Method:
         return ctx.stage_blocks[ctx.index]
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
+        """A term added to every micro-batch's loss (a distillation loss, say). A penalty on the
+        parameters alone is cheaper as its gradient in transform_gradients (see EWC)."""
         return None
 
     def transform_gradients(self, model: nn.Module) -> None:

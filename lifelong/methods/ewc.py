@@ -67,15 +67,28 @@ class EWC(Method):
             self.terms = []
         self.terms.append((fisher, anchor))
 
-    def extra_loss(self, model: nn.Module) -> torch.Tensor | None:
-        if not self.terms:
-            return None
+    def penalty(self) -> torch.Tensor:
+        """lambda/2 sum_terms sum F (theta - theta*)^2: what the gradient below adds, for tests and reports."""
         total = torch.zeros((), dtype=torch.float32, device=next(iter(self.params.values())).device)
         for fisher, anchor in self.terms:
             diffs = torch._foreach_sub([self.params[name] for name in anchor], list(anchor.values()))
             weighted = torch._foreach_mul(torch._foreach_mul(diffs, diffs), list(fisher.values()))
             total = total + torch.stack([w.sum() for w in weighted]).sum()
         return self.cfg.ewc_lambda / 2 * total
+
+    @torch.no_grad()
+    def transform_gradients(self, model: nn.Module) -> None:
+        """Add the penalty's gradient, lambda F (theta - theta*), once per optimizer step (before
+        clipping): three fused kernels instead of an autograd graph over every parameter in every
+        micro-batch. Parameters without a gradient (frozen by TGL) are left alone."""
+        for fisher, anchor in self.terms:
+            names = [name for name in anchor if self.params[name].grad is not None]
+            if not names:
+                continue
+            params = [self.params[name] for name in names]
+            diffs = torch._foreach_sub(params, [anchor[name] for name in names])
+            torch._foreach_mul_(diffs, [fisher[name] for name in names])
+            torch._foreach_add_([p.grad for p in params], diffs, alpha=self.cfg.ewc_lambda)
 
     def state_dict(self) -> dict[str, Any]:
         return {"terms": self.terms}

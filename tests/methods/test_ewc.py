@@ -28,16 +28,27 @@ def test_fisher_penalty_and_online_decay(tokenizer, tmp_path):
     for ours, naive in zip(fisher.values(), naive_fisher(model, data[0][:4]), strict=True):
         assert torch.allclose(ours, naive, rtol=1e-4, atol=1e-12)
 
-    assert ewc.extra_loss(model).item() == 0.0  # at the anchor
+    assert ewc.penalty().item() == 0.0  # at the anchor
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
     expected = 0.0
     for (name, p), f in zip(model.named_parameters(), fisher.values(), strict=True):
         expected += (f.double() * (p.detach().double() - anchor[name].double()) ** 2).sum().item()
-    assert ewc.extra_loss(model).item() == pytest.approx(7.0 / 2 * expected, rel=1e-4)
-    ewc.extra_loss(model).backward()  # differentiable w.r.t. the current parameters
-    assert all(p.grad is not None for p in model.parameters())
+    assert ewc.penalty().item() == pytest.approx(7.0 / 2 * expected, rel=1e-4)
+
+    # the gradient EWC adds at the step boundary is the penalty's: lambda F (theta - theta*), by hand
+    named = dict(model.named_parameters())
+    frozen = "transformer.wte.weight"
+    for name, p in named.items():
+        p.grad = None if name == frozen else torch.ones_like(p)
+    ewc.transform_gradients(model)
+    for name, p in named.items():
+        if name == frozen:
+            assert p.grad is None  # no gradient (frozen by TGL, say): left alone
+            continue
+        by_hand = 1 + 7.0 * fisher[name] * (p.detach() - anchor[name])
+        assert torch.allclose(p.grad, by_hand, rtol=1e-5, atol=1e-7)
 
 
 def test_online_keeps_one_decayed_fisher_and_the_latest_anchor(tokenizer, tmp_path):
