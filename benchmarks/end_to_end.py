@@ -6,7 +6,7 @@
 - `lifelong-train -m experiment=paper_main_cpu` (63 runs: 7 methods x 3 TGL variants x 3 seeds)
   followed by `lifelong-report` on its sweep: the miniature paper reproduction.
 Each runs as a subprocess in a temp dir, as a user would run it. Writes
-benchmarks/results/end_to_end.json.
+benchmarks/results/end_to_end.json and the sweep's table, benchmarks/results/paper_main_cpu_table.md.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main() -> None:
                                                       f"hydra.sweep.dir={sweep}"], Path(tmp))
             result["paper_main_cpu_runs"] = len(list(sweep.rglob("results.json")))
             result["report_s"] = timed([report, str(sweep)], Path(tmp))
+            shutil.copy(sweep / "report" / "main.md", RESULTS / "paper_main_cpu_table.md")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "end_to_end.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -24,58 +24,74 @@ from overhead import compare, summary
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM
 
 
+PARTS = ("overhead", "logging", "methods", "throughput")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="gpt2_100m")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of this script's code paths")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help="measure only these; the others are kept from the existing JSON")
     args = parser.parse_args()
     name = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     large = ["trainer=gpu", f"trainer.device={args.device}", f"model={args.model}", "data.seq_len=512",
              "model.max_seq_len=512", "trainer.micro_batch_size=16",
              "data.num_stages=2", f"trainer.steps_per_stage={args.steps}", "trainer.log_every=10"]
-    result: dict = {"device": name, "peak_bf16_flops": peak, "steps": args.steps, "repeats": args.repeats}
-
-    result["overhead"] = summary(compare(large, args.repeats))
-    print(json.dumps(result["overhead"], indent=2), flush=True)
+    path = RESULTS / f"{args.device}_bf16.json"
+    result: dict = json.loads(path.read_text()) if path.exists() else {}
 
     def step_time(overrides: list[str], stage: int, tag: str) -> float:
         with tempfile.TemporaryDirectory() as tmp:
             return steady_median(lifelong_step_times([*large, *overrides], Path(tmp) / tag, stage))
 
-    rarely_every = args.steps // 4
-    every = step_time(["trainer.log_every=1"], 0, "every")
-    rarely = step_time([f"trainer.log_every={rarely_every}"], 0, "rare")
-    result["logging"] = {"every_step_s": every, f"every_{rarely_every}_s": rarely, "ratio": every / rarely,
-                         "target": "<= 1.03"}
-    methods = {m: step_time([f"method={m}"], 1, m) for m in ("finetune", "migu", "ewc")}
-    result["methods"] = {"step_time_s": methods, "ratio_vs_finetune": {m: t / methods["finetune"]
-                                                                      for m, t in methods.items()},
-                         "targets": {"migu": 1.05, "ewc": 1.10}}
-    print(json.dumps({k: result[k] for k in ("logging", "methods")}, indent=2), flush=True)
+    parts = args.parts.split(",")
+    for part in parts:  # each part's ratios come from one run on one machine
+        measured: dict = {"device": name, "steps": args.steps}
+        if part == "overhead":
+            measured.update(summary(compare(large, args.repeats)), repeats=args.repeats)
+        elif part == "logging":
+            rarely_every = args.steps // 4
+            every = step_time(["trainer.log_every=1"], 0, "every")
+            rarely = step_time([f"trainer.log_every={rarely_every}"], 0, "rare")
+            measured.update(every_step_s=every, rarely_s=rarely, rarely_every=rarely_every, ratio=every / rarely,
+                            target="<= 1.03")
+        elif part == "methods":
+            times = {m: step_time([f"method={m}"], 1, m) for m in ("finetune", "migu", "ewc")}
+            measured.update(step_time_s=times, ratio_vs_finetune={m: t / times["finetune"] for m, t in times.items()},
+                            targets={"migu": 1.05, "ewc": 1.10})
+        elif part == "throughput":
+            measured.update(peak_bf16_flops=peak, presets=throughput(large, args.model, peak, step_time))
+        else:
+            parser.error(f"--parts: unknown {part}; allowed: {', '.join(PARTS)}")
+        result[part] = measured
+        print(json.dumps({part: measured}, indent=2), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
 
+
+def throughput(large: list[str], model: str, peak: float | None, step_time) -> dict:
     from lifelong.config import compose_train_config
     from lifelong.data.tokens import train_tokenizer
     from lifelong.models import build_model
 
-    result["throughput"] = {}
-    for preset, seq_len in (("tiny_gpt2", 128), ("tiny_llama", 128), (args.model, 512)):
+    presets = {}
+    for preset, seq_len in {"tiny_gpt2": 128, "tiny_llama": 128, model: 512}.items():
         overrides = [f"model={preset}", f"data.seq_len={seq_len}", f"model.max_seq_len={seq_len}"]
         cfg = compose_train_config([*large, *overrides])
-        model = build_model(cfg.model, train_tokenizer(cfg.data.build().all_text(), cfg.data.vocab_size))
-        parameters = sum(p.numel() for p in model.parameters())
+        built = build_model(cfg.model, train_tokenizer(cfg.data.build().all_text(), cfg.data.vocab_size))
+        parameters = sum(p.numel() for p in built.parameters())
         seconds = step_time(overrides, 0, preset)
         tokens_per_s = 16 * seq_len / seconds
         flops_per_token = 6 * parameters + 12 * cfg.model.n_layer * cfg.model.d_model * seq_len
-        result["throughput"][preset] = {
+        presets[preset] = {
             "parameters": parameters, "batch": [16, seq_len], "step_s": seconds, "tokens_per_s": tokens_per_s,
             "mfu": flops_per_token * tokens_per_s / peak if peak else None,
         }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.device}_bf16.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    return presets
 
 
 if __name__ == "__main__":

@@ -108,6 +108,25 @@ def rows() -> list[str]:
                            f"{end['paper_main_cpu_sweep_s'] / 60:.1f} min + {end['report_s']:.0f} s"))
     else:
         out.append(row("7", "end_to_end.py", "not run"))
+    cuda = load("cuda_bf16")
+    if cuda:
+        over, logging, ratios = cuda["overhead"], cuda["logging"], cuda["methods"]["ratio_vs_finetune"]
+        devices = {part["device"] for part in cuda.values()}
+        ms = {name: f"{t * 1e3:.1f} ms" for name, t in over["step_time_s"].items()}
+        vs_bare, vs_hf = over["ratio_lifelong_vs_bare"], over["ratio_lifelong_vs_hf_trainer"]
+        out.append(row("1 GPU", f"lifelong step / bare loop ({', '.join(sorted(devices))}, bf16, gpt2_100m 16x512)",
+                       f"{vs_bare:.3f}x ({ms['lifelong']} vs {ms['bare']})", "<= 1.03", vs_bare <= 1.03))
+        out.append(row("2 GPU", "lifelong step / HF Trainer step", f"{vs_hf:.3f}x ({ms['hf_trainer']} HF)", "<= 1.0",
+                       vs_hf <= 1.0))
+        out.append(row("3 GPU", f"grad-norm logging every step / every {logging['rarely_every']}",
+                       f"{logging['ratio']:.3f}x", "<= 1.03", logging["ratio"] <= 1.03))
+        for name, target in (("migu", 1.05), ("ewc", 1.10)):
+            out.append(row("3 GPU", f"{name} step / finetune step", f"{ratios[name]:.3f}x", f"<= {target}",
+                           ratios[name] <= target))
+        for preset, f in cuda["throughput"]["presets"].items():
+            mfu = f", MFU {f['mfu']:.1%}" if f["mfu"] is not None else ""
+            out.append(row("6 GPU", f"{preset} ({f['parameters'] / 1e6:.1f}M params, {f['batch'][0]}x{f['batch'][1]})",
+                           f"{f['tokens_per_s']:.3g} tok/s{mfu}"))
     return out
 
 
