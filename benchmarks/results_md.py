@@ -36,14 +36,16 @@ def rows() -> list[str]:
     overhead = load("overhead")
     if overhead:
         t, s = overhead["step_time_s"], overhead["spread_s"]
-        out.append(row("1", "lifelong step / bare PyTorch loop",
-                       f"{overhead['ratio_lifelong_vs_bare']:.3f}x ({t['lifelong'] * 1e3:.1f} vs "
-                       f"{t['bare'] * 1e3:.1f} ms; "
+        of_medians = overhead["ratio_of_medians"]
+        out.append(row("1", "lifelong step / bare PyTorch loop (median of paired ratios)",
+                       f"{overhead['ratio_lifelong_vs_bare']:.3f}x (medians {t['lifelong'] * 1e3:.1f} vs "
+                       f"{t['bare'] * 1e3:.1f} ms, {of_medians['vs_bare']:.3f}x; "
                        f"spread {spread(s, 'lifelong')} / {spread(s, 'bare')})",
                        "<= 1.03", overhead["ratio_lifelong_vs_bare"] <= 1.03))
-        out.append(row("2", "lifelong step / HF Trainer step",
-                       f"{overhead['ratio_lifelong_vs_hf_trainer']:.3f}x ({t['hf_trainer'] * 1e3:.1f} ms HF; "
-                       f"spread {spread(s, 'hf_trainer')})", "<= 1.0", overhead["ratio_lifelong_vs_hf_trainer"] <= 1.0))
+        out.append(row("2", "lifelong step / HF Trainer step (median of paired ratios)",
+                       f"{overhead['ratio_lifelong_vs_hf_trainer']:.3f}x (median {t['hf_trainer'] * 1e3:.1f} ms HF, "
+                       f"{of_medians['vs_hf_trainer']:.3f}x; spread {spread(s, 'hf_trainer')})", "<= 1.0",
+                       overhead["ratio_lifelong_vs_hf_trainer"] <= 1.0))
     else:
         out.append(row("1-2", "overhead.py", "not run"))
     tgl = load("tgl")
@@ -113,7 +115,7 @@ def rows() -> list[str]:
         over, logging, ratios = cuda["overhead"], cuda["logging"], cuda["methods"]["ratio_vs_finetune"]
         devices = {part["device"] for part in cuda.values()}
         ms = {name: f"{t * 1e3:.1f} ms" for name, t in over["step_time_s"].items()}
-        vs_bare, vs_hf = over["ratio_lifelong_vs_bare"], over["ratio_lifelong_vs_hf_trainer"]
+        vs_bare, vs_hf = over["ratio_lifelong_vs_bare"], over["ratio_lifelong_vs_hf_trainer"]  # ratio of medians
         out.append(row("1 GPU", f"lifelong step / bare loop ({', '.join(sorted(devices))}, bf16, gpt2_100m 16x512)",
                        f"{vs_bare:.3f}x ({ms['lifelong']} vs {ms['bare']})", "<= 1.03", vs_bare <= 1.03))
         out.append(row("2 GPU", "lifelong step / HF Trainer step", f"{vs_hf:.3f}x ({ms['hf_trainer']} HF)", "<= 1.0",

@@ -33,7 +33,7 @@ def span_accuracy(model: nn.Module, tokenizer, probes: list[Probe], device: torc
         ids = torch.tensor([prompt_ids], device=device)
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(target_ids),
                              min_new_tokens=len(target_ids), do_sample=False, output_scores=True,
-                             return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+                             return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id, use_cache=True)
         top += target_ids[0] in out.scores[0][0].topk(k).indices.tolist()
         generated = out.sequences[0, ids.shape[1] :].tolist()
         exact += tokenizer.decode(generated).strip() == target.strip()
