@@ -103,6 +103,9 @@ def hf_trainer_step_times(overrides: list[str], workdir: Path) -> list[float]:
         warmup_steps=round(tc.warmup_fraction * tc.steps_per_stage), logging_steps=tc.log_every,
         save_strategy="no", report_to=[], use_cpu=device.type == "cpu", bf16=tc.precision is Precision.bf16,
         disable_tqdm=True, dataloader_num_workers=0, seed=cfg.seed,
+        # every step a full batch, as in the other two: without it each epoch ends in a short batch
+        # (43 blocks in batches of 8 -> a step of 3 rows), ~10% fewer tokens per step on average
+        dataloader_drop_last=True,
     )
     Trainer(model=model, args=args, train_dataset=dataset, callbacks=[WindowClock()]).train()
     return window_means(stamps, tc.log_every)
