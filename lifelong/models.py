@@ -22,8 +22,8 @@ def build_model(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
         model = AutoModelForCausalLM.from_config(_preset_config(cfg, tokenizer))
     # GPT2LMHeadModel's class name does not name its loss; say it, rather than be warned
     model.loss_type = "ForCausalLM"
-    # training and scoring never read a KV cache, and building one in every forward cost ~10% of a
-    # CPU step (the HF Trainer turns it off too); greedy decoding asks generate() for it
+    # training and scoring never read a KV cache: don't build one in every forward (the HF Trainer
+    # turns it off too); greedy decoding asks generate() for it
     model.config.use_cache = False
     return model
 
