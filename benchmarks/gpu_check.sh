@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CUDA checks, for a machine with one GPU (CI has none): every method and TGL variant
 # trains on the GPU with bf16 autocast, fp16 with loss scaling trains, then benchmarks/gpu.py.
-#   bash benchmarks/gpu_check.sh [OUT_DIR]      (~6 min on an H100 / H200)
+#   bash benchmarks/gpu_check.sh [OUT_DIR]      (7 min on an H200)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp/gpu_check}
