@@ -23,10 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from lifelong.data.stream import TextFiles
+from lifelong.data.tokens import pack, pack_documents
 
 if TYPE_CHECKING:  # imported where used: a run on in-memory text never loads datasets
     import datasets
-from lifelong.data.tokens import PAD, block_layout, pack, scatter_pieces
 
 
 class CorpusFormatError(ValueError):
@@ -94,22 +94,12 @@ def pack_corpus(tokenized: datasets.Dataset, seq_len: int) -> torch.Tensor:
 
 
 def _pack(ids: pa.ChunkedArray, seq_len: int, allocate: Callable[[tuple[int, int]], np.ndarray]) -> np.ndarray:
-    """Lay out every document from the lengths alone, then copy tokens one Arrow chunk at a time."""
-    sizes, destinations, num_blocks = block_layout(pc.list_value_length(ids).to_numpy().astype(np.int64), seq_len)
-    if num_blocks == 0:
+    lengths = pc.list_value_length(ids).to_numpy().astype(np.int64)
+    if not lengths.sum():
         raise CorpusFormatError("the corpus has no text")
-    out = allocate((num_blocks, seq_len))
-    flat = out.reshape(-1)
-    flat[:] = PAD
-    piece_starts = np.cumsum(sizes) - sizes
-    source = 0
-    for chunk in tqdm(ids.chunks, desc="packing", unit="chunk"):
-        tokens = chunk.flatten().to_numpy()
-        # a document never spans two chunks, so the chunk's pieces are the ones starting in it
-        first, end = np.searchsorted(piece_starts, [source, source + len(tokens)])
-        scatter_pieces(flat, tokens, sizes[first:end], destinations[first:end])
-        source += len(tokens)
-    return out
+    # an Arrow chunk never splits a document: its flattened tokens are whole documents
+    chunks = (chunk.flatten().to_numpy() for chunk in tqdm(ids.chunks, desc="packing", unit="chunk"))
+    return pack_documents(lengths, chunks, seq_len, allocate)
 
 
 def stage_blocks(train: list[str] | TextFiles, tokenizer, seq_len: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ block holds PAD, which `lm_inputs` turns into ignored labels.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import chain
 from pathlib import Path
 
@@ -77,10 +77,24 @@ def block_layout(lengths: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndar
     return np.array(sizes, dtype=np.int64), destinations, num_blocks
 
 
-def scatter_pieces(out: np.ndarray, tokens: np.ndarray, sizes: np.ndarray, destinations: np.ndarray) -> None:
-    """Copy `tokens` into the flat `out` by the pieces that exactly cover them, in order."""
-    starts = np.cumsum(sizes) - sizes
-    out[np.repeat(destinations - starts, sizes) + np.arange(len(tokens))] = tokens
+def pack_documents(lengths: np.ndarray, chunks: Iterable[np.ndarray], seq_len: int,
+                   allocate: Callable[[tuple[int, int]], np.ndarray]) -> np.ndarray:
+    """[N, seq_len] int32 blocks of documents given by their token lengths and their tokens, which
+    arrive in `chunks` that each hold whole documents, in order. The layout comes from the lengths
+    alone, so a corpus on disk is copied one chunk at a time into `allocate`'s array (a memmap)."""
+    sizes, destinations, num_blocks = block_layout(lengths, seq_len)
+    out = allocate((num_blocks, seq_len))
+    flat = out.reshape(-1)
+    flat[:] = PAD
+    piece_starts = np.cumsum(sizes) - sizes
+    source = 0
+    for tokens in chunks:
+        # the chunk's pieces are the ones starting in it
+        first, end = np.searchsorted(piece_starts, [source, source + len(tokens)])
+        offsets = destinations[first:end] - (piece_starts[first:end] - source)
+        flat[np.repeat(offsets, sizes[first:end]) + np.arange(len(tokens))] = tokens
+        source += len(tokens)
+    return out
 
 
 def pack(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
@@ -88,11 +102,7 @@ def pack(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
     docs = encode_documents(tokenizer, texts)
     lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs))
     tokens = np.fromiter(chain.from_iterable(docs), dtype=np.int32, count=int(lengths.sum()))
-    sizes, destinations, num_blocks = block_layout(lengths, seq_len)
-    out = np.full(num_blocks * seq_len, PAD, dtype=np.int32)
-    if len(tokens):
-        scatter_pieces(out, tokens, sizes, destinations)
-    return torch.from_numpy(out.reshape(num_blocks, seq_len))
+    return torch.from_numpy(pack_documents(lengths, [tokens], seq_len, lambda shape: np.empty(shape, np.int32)))
 
 
 def lm_inputs(blocks: torch.Tensor, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:

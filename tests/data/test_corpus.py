@@ -13,7 +13,7 @@ import torch
 from lifelong.data.corpus import load_corpus, pack_corpus, stage_blocks, tokenize_corpus
 from lifelong.data.jsonl import DataFormatError
 from lifelong.data.stream import TextFiles
-from lifelong.data.tokens import PAD, block_layout, lm_inputs, pack, scatter_pieces, train_tokenizer
+from lifelong.data.tokens import PAD, lm_inputs, pack, pack_documents, train_tokenizer
 
 TEXTS = [f"Entity {i} lives in city {i % 7} since {1990 + i % 30}." * (1 + i % 5) for i in range(2500)]
 
@@ -30,14 +30,12 @@ def write_jsonl(path, texts):
 
 
 def test_layout_by_hand():
-    # seq_len 5; documents of 3, 4, 2 and 7 tokens
+    # seq_len 5; documents of 3, 4, 2 and 7 tokens, arriving in two chunks of whole documents
     tokens = np.arange(1, 17, dtype=np.int32)
-    sizes, destinations, blocks = block_layout(np.array([3, 4, 2, 7]), 5)
-    out = np.full(blocks * 5, PAD, dtype=np.int32)
-    scatter_pieces(out, tokens, sizes, destinations)
+    out = pack_documents(np.array([3, 4, 2, 7]), [tokens[:7], tokens[7:]], 5, lambda shape: np.empty(shape, np.int32))
     _ = PAD
     # best-fit decreasing over the pieces 5 (the 7-token document's first block), 4, 3, 2, 2 (its tail)
-    assert out.reshape(blocks, 5).tolist() == [
+    assert out.tolist() == [
         [10, 11, 12, 13, 14],
         [4, 5, 6, 7, _],
         [1, 2, 3, 8, 9],  # the 2-token document fills the 3-token one's block
