@@ -5,7 +5,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from lifelong.config import compose_train_config
+from lifelong.config import TrainConfig, compose_train_config
+from lifelong.data.tokens import train_tokenizer
+from lifelong.models import build_model
 from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.train import train
 
@@ -25,3 +27,9 @@ def lifelong_step_times(overrides: list[str], run_dir: Path, stage: int) -> list
 def steady_median(window_times: list[float]) -> float:
     """Median over windows, the first (warm-up) window left out."""
     return statistics.median(window_times[1:])
+
+
+def model_parameters(cfg: TrainConfig) -> int:
+    """Parameters of the model a run of `cfg` builds (its vocab comes from the stream's tokenizer)."""
+    tokenizer = train_tokenizer(cfg.data.build().all_text(), cfg.data.vocab_size)
+    return sum(p.numel() for p in build_model(cfg.model, tokenizer).parameters())

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import RESULTS, lifelong_step_times, steady_median
+from common import RESULTS, lifelong_step_times, model_parameters, steady_median
 from overhead import compare, summary
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM
@@ -75,15 +75,12 @@ def main() -> None:
 
 def throughput(large: list[str], model: str, peak: float | None, step_time) -> dict:
     from lifelong.config import compose_train_config
-    from lifelong.data.tokens import train_tokenizer
-    from lifelong.models import build_model
 
     presets = {}
     for preset, seq_len in {"tiny_gpt2": 128, "tiny_llama": 128, model: 512}.items():
         overrides = [f"model={preset}", f"data.seq_len={seq_len}", f"model.max_seq_len={seq_len}"]
         cfg = compose_train_config([*large, *overrides])
-        built = build_model(cfg.model, train_tokenizer(cfg.data.build().all_text(), cfg.data.vocab_size))
-        parameters = sum(p.numel() for p in built.parameters())
+        parameters = model_parameters(cfg)
         seconds = step_time(overrides, 0, preset)
         tokens_per_s = 16 * seq_len / seconds
         flops_per_token = 6 * parameters + 12 * cfg.model.n_layer * cfg.model.d_model * seq_len

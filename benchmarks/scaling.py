@@ -21,11 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS
+from common import RESULTS, model_parameters
 
 from lifelong.config import compose_train_config
-from lifelong.data.tokens import train_tokenizer
-from lifelong.models import build_model
 from lifelong.track.jsonl import read_jsonl_metrics
 
 BASE = ["data=synthetic_tiny", "data.num_stages=2", "trainer.log_every=1", "trainer.progress=false",
@@ -43,12 +41,6 @@ def run(launcher: list[str], overrides: list[str], run_dir: Path) -> dict:
     return {"tokens_per_s": rate, "step_s": 8 * 128 / rate, "steps_measured": len(records)}
 
 
-def parameters(model_preset: str) -> int:
-    cfg = compose_train_config([f"model={model_preset}", *BASE])
-    tokenizer = train_tokenizer(cfg.data.build().all_text(), cfg.data.vocab_size)
-    return sum(p.numel() for p in build_model(cfg.model, tokenizer).parameters())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20)
@@ -60,7 +52,8 @@ def main() -> None:
         for preset, steps in (("tiny_gpt2", args.steps), ("tiny_llama", args.steps), ("gpt2_100m", args.large_steps)):
             figures = run(python, [f"model={preset}", f"trainer.steps_per_stage={steps}", "trainer.num_threads=2"],
                           Path(tmp) / preset)
-            result["presets"][preset] = {"parameters": parameters(preset), **figures}
+            parameters = model_parameters(compose_train_config([f"model={preset}", *BASE]))
+            result["presets"][preset] = {"parameters": parameters, **figures}
             print(preset, result["presets"][preset], flush=True)
         common = ["model=tiny_gpt2", f"trainer.steps_per_stage={args.steps}"]
         result["ddp"]["1_process_1_thread"] = run(python, [*common, "trainer.num_threads=1"], Path(tmp) / "p1t1")
