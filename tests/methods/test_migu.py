@@ -9,7 +9,7 @@ from transformers.pytorch_utils import Conv1D
 
 from lifelong.config import ConfigError, validate_command_line
 from lifelong.methods.lora_migu import LoRAMIGU, LoRAMIGUConfig
-from lifelong.methods.migu import MIGU, MIGUConfig
+from lifelong.methods.migu import MIGU, MIGUConfig, row_quantile
 from tests.methods.conftest import blocks, context, tiny_model
 
 
@@ -27,6 +27,15 @@ def independent_output_sums(model, data):
     for handle in handles:
         handle.remove()
     return sums
+
+
+@pytest.mark.parametrize("q", [0.0, 0.3, 0.5, 0.7, 1.0])
+@pytest.mark.parametrize("width", [1, 2, 7, 128])
+def test_row_quantile_equals_torch_quantile(q, width):
+    generator = torch.Generator().manual_seed(width)
+    values = torch.randn(5, width, generator=generator)
+    values[0] = values[0].round()  # ties
+    torch.testing.assert_close(row_quantile(values, q), torch.quantile(values, q, dim=1, keepdim=True))
 
 
 def one_step(model, method, data):
