@@ -3,14 +3,16 @@
 Blocks are int32 [N, seq_len] arrays. Packing respects document boundaries: a document is never
 split across blocks unless it is longer than one (then it is cut into whole blocks plus a tail
 placed like a document), and documents are placed best-fit decreasing. The unused end of a
-block holds PAD, which `lm_inputs` turns into ignored labels.
+block holds PAD, which `lm_inputs` turns into ignored labels. `ConcatBlocks` joins several
+stages' blocks without reading them into memory.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Callable, Iterable
-from itertools import chain
+from functools import reduce
+from itertools import accumulate, chain
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +113,41 @@ def lm_inputs(blocks: torch.Tensor, device: torch.device | None = None) -> tuple
     and are ignored by the loss."""
     labels = blocks.to(device, dtype=torch.long, non_blocking=True)
     return labels.clamp_min(0), labels
+
+
+class ConcatBlocks:
+    """The rows of several [N_i, seq_len] block tensors as one [sum N_i, seq_len] table, read only
+    where indexed: torch.cat would copy every part, reading memory-mapped corpora whole. Indexing
+    with row indices (a tensor, an int or a slice) returns what indexing their torch.cat would."""
+
+    def __init__(self, parts: list[torch.Tensor]):
+        if len({p.shape[1:] for p in parts}) != 1:
+            raise ValueError(f"parts must share their block shape, got {[tuple(p.shape) for p in parts]}")
+        self.parts = list(parts)
+        self.starts = torch.tensor([0, *accumulate(len(p) for p in parts)])  # part i: rows starts[i]..starts[i+1]
+        self.dtype = reduce(torch.promote_types, (p.dtype for p in parts))  # as torch.cat promotes
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), *self.parts[0].shape[1:]))
+
+    def __getitem__(self, index: torch.Tensor | slice | int) -> torch.Tensor:
+        if isinstance(index, tuple):  # as_tensor would read blocks[i, j] as rows i and j
+            raise IndexError("ConcatBlocks indexes rows only: take columns of the result, blocks[rows][:, j]")
+        rows = torch.arange(*index.indices(len(self))) if isinstance(index, slice) else torch.as_tensor(index)
+        if rows.dtype not in (torch.int64, torch.int32):  # a bool mask would silently read as rows 0 and 1
+            raise IndexError(f"ConcatBlocks takes integer row indices, got {rows.dtype}")
+        rows = rows.long()
+        if rows.numel() and (rows.min() < -len(self) or rows.max() >= len(self)):
+            raise IndexError(f"row index out of range for {len(self)} blocks")
+        rows = torch.where(rows < 0, rows + len(self), rows)
+        part = torch.searchsorted(self.starts, rows, right=True) - 1  # the last part starting at or before
+        out = torch.empty((*rows.shape, *self.shape[1:]), dtype=self.dtype, device=self.parts[0].device)
+        for i, blocks in enumerate(self.parts):
+            mine = part == i
+            if mine.any():
+                out[mine] = blocks[rows[mine] - self.starts[i]].to(self.dtype)
+        return out

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lifelong.data.stream import Stream
+from lifelong.data.tokens import ConcatBlocks
 
 
 @dataclass
@@ -42,8 +43,9 @@ class Method:
         """Optimizer parameter groups, or None for one group of all trainable parameters."""
         return None
 
-    def stage_data(self, ctx: StageContext) -> torch.Tensor:
-        """The packed blocks to train on in this stage."""
+    def stage_data(self, ctx: StageContext) -> torch.Tensor | ConcatBlocks:
+        """The packed blocks to train on in this stage. The trainer only takes their len and
+        indexes rows with index tensors, so a ConcatBlocks view of several stages will do."""
         return ctx.stage_blocks[ctx.index]
 
     def extra_loss(self, model: nn.Module) -> torch.Tensor | None:

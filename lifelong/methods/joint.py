@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from lifelong.config import register
+from lifelong.data.tokens import ConcatBlocks
 from lifelong.methods.base import Method, StageContext
 
 
 class Joint(Method):
-    def stage_data(self, ctx: StageContext) -> torch.Tensor:
-        return torch.cat(ctx.stage_blocks[: ctx.index + 1])
+    def stage_data(self, ctx: StageContext) -> ConcatBlocks:
+        # a view, not torch.cat: stages on disk stay memory-mapped, read a batch at a time
+        return ConcatBlocks(ctx.stage_blocks[: ctx.index + 1])
 
 
 @dataclass

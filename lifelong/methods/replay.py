@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from lifelong.config import register, require
+from lifelong.data.tokens import ConcatBlocks
 from lifelong.methods.base import Method, StageContext
 
 
@@ -23,18 +24,21 @@ class Replay(Method):
         self.cfg = cfg
         self.buffer: torch.Tensor | None = None  # [<= buffer_size, seq_len]
         self.seen = 0  # blocks offered to the reservoir so far
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # the reservoir's draws
 
     def replay_ratio(self, stage: int) -> float:
         return self.cfg.mix_ratio * self.cfg.decay ** max(0, stage - 1)
 
-    def stage_data(self, ctx: StageContext) -> torch.Tensor:
+    def stage_data(self, ctx: StageContext) -> torch.Tensor | ConcatBlocks:
         new = ctx.stage_blocks[ctx.index]
         if self.buffer is None or ctx.index == 0:
             return new
         count = round(self.replay_ratio(ctx.index) * len(new))
-        picks = torch.randint(len(self.buffer), (count,), generator=self.generator)
-        return torch.cat([new, self.buffer[picks]])
+        # a generator of the stage's own: a run resumed mid-stage draws the same picks again
+        stage_generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + ctx.index)
+        picks = torch.randint(len(self.buffer), (count,), generator=stage_generator)
+        # the stage stays memory-mapped; only the replayed blocks are copied (out of the in-memory buffer)
+        return ConcatBlocks([new, self.buffer[picks]])
 
     def after_stage(self, ctx: StageContext) -> None:
         for block in ctx.stage_blocks[ctx.index]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,7 +36,7 @@ def test_mix_ratio_and_decay_measured_on_batches(tmp_path):
     data = replay.stage_data(context(2, stages, None, tmp_path))
     # ratio 0.5 at the next stage: 20 replayed of 60 blocks
     assert replayed_share(data, 2, batch_size=6) == pytest.approx(20 / 60)
-    assert set(data[40:, 0].tolist()) <= {100, 101}
+    assert set(data[40:][:, 0].tolist()) <= {100, 101}
 
 
 def test_buffer_is_a_bounded_uniform_reservoir(tmp_path):
@@ -49,10 +50,50 @@ def test_buffer_is_a_bounded_uniform_reservoir(tmp_path):
     clone = Replay(ReplayConfig(buffer_size=50))
     clone.load_state_dict(state)
     ctx = context(4, [tagged(s, 100) for s in range(5)], None, tmp_path)
-    assert torch.equal(clone.stage_data(ctx), replay.stage_data(ctx))
+    assert torch.equal(clone.stage_data(ctx)[:], replay.stage_data(ctx)[:])
+
+
+def test_a_run_resumed_mid_stage_replays_the_same_blocks(tmp_path):
+    replay = Replay(ReplayConfig(buffer_size=50))
+    replay.after_stage(context(0, [tagged(0, 100)], None, tmp_path))
+    ctx = context(1, [tagged(0, 100), tagged(1, 100)], None, tmp_path)
+    trained = replay.stage_data(ctx)[:]
+    resumed = Replay(ReplayConfig(buffer_size=50))
+    resumed.load_state_dict(replay.state_dict())  # a mid-stage checkpoint: taken after the stage's draw
+    assert torch.equal(resumed.stage_data(ctx)[:], trained)
 
 
 def test_joint_trains_on_every_stage_so_far(tmp_path):
     stages = [tagged(0, 10), tagged(1, 20), tagged(2, 30)]
     data = Joint().stage_data(context(2, stages, None, tmp_path))
-    assert sorted(set(data[:, 0].tolist())) == [100, 101, 102] and len(data) == 60
+    assert sorted(set(data[:][:, 0].tolist())) == [100, 101, 102] and len(data) == 60
+
+
+def mapped(tmp_path, stages: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The stages as pack_corpus returns a corpus on disk: tensors over copy-on-write memmaps."""
+    for i, stage in enumerate(stages):
+        np.save(tmp_path / f"stage_{i}.npy", stage.numpy())
+    return [torch.from_numpy(np.load(tmp_path / f"stage_{i}.npy", mmap_mode="c")) for i in range(len(stages))]
+
+
+def test_joint_leaves_memory_mapped_stages_in_place(tmp_path):
+    stages = mapped(tmp_path, [tagged(0, 10).int(), tagged(1, 20).int(), tagged(2, 30).int()])
+    data = Joint().stage_data(context(2, stages, None, tmp_path))
+    # the batches the trainer draws are torch.cat's rows, in the same order
+    order = stage_batches(data, steps=20, batch_size=8, seed=0)
+    assert torch.equal(data[order], torch.cat(stages)[order])
+    # no copy was made: a write to a mapped stage shows through the joint data
+    stages[1][3, 0] = -7
+    assert data[torch.tensor([10 + 3])][0, 0] == -7
+
+
+def test_replay_leaves_the_memory_mapped_stage_in_place(tmp_path):
+    stages = mapped(tmp_path, [tagged(0, 40).int(), tagged(1, 40).int()])
+    replay = Replay(ReplayConfig(mix_ratio=1.0))
+    replay.after_stage(context(0, stages[:1], None, tmp_path))
+    data = replay.stage_data(context(1, stages, None, tmp_path))
+    assert len(data) == 80 and torch.equal(data[:40], stages[1])
+    buffer_rows = {tuple(row) for row in replay.buffer.tolist()}
+    assert all(tuple(row) in buffer_rows for row in data[40:].tolist())  # the rest is replayed
+    stages[1][5, 0] = -7
+    assert data[torch.tensor([5])][0, 0] == -7
