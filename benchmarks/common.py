@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
 from pathlib import Path
 
 from lifelong.config import TrainConfig, compose_train_config
@@ -12,6 +14,22 @@ from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.train import train
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def code_version() -> str:
+    """The commit the figures come from, "+" if the working tree differed from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=RESULTS.parent, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def save_result(name: str, result: dict) -> None:
+    """Write results/<name>.json (with the commit measured) and print it."""
+    result = {**result, "commit": code_version()}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
 
 
 def lifelong_step_times(overrides: list[str], run_dir: Path, stage: int) -> list[float]:

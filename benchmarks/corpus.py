@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import save_result
+
 from lifelong.config import compose_train_config
 from lifelong.data.corpus import load_corpus, pack_corpus, tokenize_corpus
 from lifelong.data.stream import TextFiles
@@ -81,9 +83,7 @@ def main() -> None:
         "warm_tokens_per_s": tokens / times["warm"]["total"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "corpus.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    save_result("corpus", result)
 
 
 if __name__ == "__main__":

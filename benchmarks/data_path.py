@@ -12,11 +12,11 @@ Writes benchmarks/results/data_path.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
+from common import save_result
 
 from lifelong.config import compose_train_config
 from lifelong.data.tokens import PAD, lm_inputs, pack, train_tokenizer
@@ -68,9 +68,7 @@ def main() -> None:
         "ratio_data_vs_step": data_rate / step_rate,
         "threads": args.threads,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "data_path.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    save_result("data_path", result)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ benchmarks/results/end_to_end.json and the sweep's table, benchmarks/results/pap
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS
+from common import RESULTS, save_result
 
 
 def timed(command: list[str], cwd: Path) -> float:
@@ -47,9 +46,7 @@ def main() -> None:
             result["paper_main_cpu_runs"] = len(list(sweep.rglob("results.json")))
             result["report_s"] = timed([report, str(sweep)], Path(tmp))
             shutil.copy(sweep / "report" / "main.md", RESULTS / "paper_main_cpu_table.md")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "end_to_end.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    save_result("end_to_end", result)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,13 @@ repetitions, medians. Writes benchmarks/results/eval_throughput.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import save_result
 
 from lifelong.config import compose_train_config
 from lifelong.data.tokens import train_tokenizer
@@ -81,9 +81,7 @@ def main() -> None:
         "same_value": abs(values["lifelong"] - values["bare"]) < 1e-3 * values["bare"],
         "target": ">= 0.95",
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "eval_throughput.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    save_result("eval_throughput", result)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,24 @@
 """Step time of every baseline relative to full fine-tuning, side by side in one run.
 
-    python benchmarks/methods.py [--steps 60] [--repeats 3] [--threads 1]
+    python benchmarks/methods.py [--steps 60] [--repeats 3] [--threads 1] [--micro-batch 8] [--name methods]
 
 Each method trains the same two-stage synthetic stream with the same model and batch; the
 times are those of stage 1, where every method is fully active (MIGU masks, EWC's penalty
 applies, replay mixes, LoRA adapters train). Methods run interleaved, `--repeats` times;
 medians. Targets (issue 4): MIGU <= 1.05x, EWC <= 1.10x, replay <= 1.02x per token (a replay
-step holds as many tokens as any other step). Writes benchmarks/results/methods.json.
+step holds as many tokens as any other step). Writes benchmarks/results/<name>.json.
+`--micro-batch 1` shrinks the model's share of the step so that each method's own ops (hooks,
+masks, penalty) weigh as they do in a launch-bound GPU step.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, lifelong_step_times, steady_median
+from common import lifelong_step_times, save_result, steady_median
 
 METHODS = ["finetune", "replay", "ewc", "migu", "lora", "lora_migu", "joint"]
 TARGETS = {"migu": 1.05, "ewc": 1.10, "replay": 1.02}
@@ -28,6 +29,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--name", default="methods", help="results/<name>.json")
     args = parser.parse_args()
 
     times: dict[str, list[float]] = {m: [] for m in METHODS}
@@ -35,7 +38,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             for method in METHODS:
                 overrides = [f"method={method}", "data.num_stages=2", f"trainer.steps_per_stage={args.steps}",
-                             f"trainer.num_threads={args.threads}"]
+                             f"trainer.num_threads={args.threads}", f"trainer.micro_batch_size={args.micro_batch}"]
                 windows = lifelong_step_times(overrides, Path(tmp) / f"{method}_{repeat}", stage=1)
                 times[method].append(steady_median(windows))
             print(f"repeat {repeat}: " + ", ".join(f"{m} {t[-1] * 1e3:.1f} ms" for m, t in times.items()), flush=True)
@@ -43,7 +46,8 @@ def main() -> None:
     median = {m: statistics.median(t) for m, t in times.items()}
     ratio = {m: median[m] / median["finetune"] for m in METHODS}
     result = {
-        "what": "stage-1 step time (s) per method, tiny GPT-2 preset, batch 8x128, CPU",
+        "what": f"stage-1 step time (s) per method, tiny GPT-2 preset, batch {args.micro_batch}x128, CPU",
+        "micro_batch": args.micro_batch,
         "threads": args.threads,
         "steps": args.steps,
         "repeats": args.repeats,
@@ -53,9 +57,7 @@ def main() -> None:
         "targets": TARGETS,
         "met": {m: ratio[m] <= target for m, target in TARGETS.items()},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "methods.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    save_result(args.name, result)
 
 
 if __name__ == "__main__":

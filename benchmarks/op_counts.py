@@ -12,10 +12,8 @@ Writes benchmarks/results/op_counts.json.
 
 from __future__ import annotations
 
-import json
-
 import torch
-from common import RESULTS
+from common import RESULTS, save_result
 from torch.profiler import profile
 
 from lifelong.config import compose_train_config
@@ -75,9 +73,7 @@ def main() -> None:
         "ops_per_step": counts,
         "extra_vs_finetune": {name: counts[name] - counts["finetune"] for name in METHODS},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "op_counts.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    save_result("op_counts", result)
 
 
 if __name__ == "__main__":

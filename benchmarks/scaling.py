@@ -14,14 +14,13 @@ Writes benchmarks/results/scaling.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import RESULTS, model_parameters
+from common import model_parameters, save_result
 
 from lifelong.config import compose_train_config
 from lifelong.track.jsonl import read_jsonl_metrics
@@ -64,9 +63,7 @@ def main() -> None:
         rates = {setup: figures["tokens_per_s"] for setup, figures in result["ddp"].items()}
         result["ddp_speedup_vs_1_thread"] = rates["2_processes_gloo"] / rates["1_process_1_thread"]
         result["ddp_speedup_vs_2_threads"] = rates["2_processes_gloo"] / rates["1_process_2_threads"]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scaling.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    save_result("scaling", result)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ Writes benchmarks/results/tgl.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import RESULTS
+from common import save_result
 
 from lifelong.config import compose_train_config
 from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
@@ -107,9 +106,7 @@ def main() -> None:
         "target": "<= 1.03",
         "tracing": tracing_fraction(default_steps),
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "tgl.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    save_result("tgl", result)
 
 
 if __name__ == "__main__":
