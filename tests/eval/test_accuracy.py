@@ -1,14 +1,28 @@
-"""Greedy exact match and top-k on a model that memorized one fact, by hand."""
+"""Greedy exact match and top-k on a model that memorized one fact, by hand; batched decoding
+equals decoding each probe alone."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
 from lifelong.config import ModelConfig
 from lifelong.data.stream import Probe
 from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
-from lifelong.eval.accuracy import span_accuracy
+from lifelong.eval.accuracy import encode, greedy_continuations, span_accuracy
 from lifelong.models import build_model
+from tests.conftest import make_config
+
+
+def memorize(model, tokenizer, texts: list[str], steps: int) -> None:
+    ids, labels = lm_inputs(pack(tokenizer, texts * 8, 32))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        model(input_ids=ids, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
 
 
 def test_memorized_fact_is_exact_and_a_wrong_target_is_not():
@@ -16,12 +30,7 @@ def test_memorized_fact_is_exact_and_a_wrong_target_is_not():
     tokenizer = train_tokenizer([text, "Ana lives in Rome."] * 20, 300)
     torch.manual_seed(0)
     model = build_model(ModelConfig(n_layer=2, d_model=64, n_head=2, d_ff=128, max_seq_len=32), tokenizer)
-    ids, labels = lm_inputs(pack(tokenizer, [text] * 8, 16))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(60):
-        model(input_ids=ids, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    memorize(model, tokenizer, [text], 60)
     start = text.index("Paris")
     right = Probe(text, (start, start + len("Paris Saint-Germain")))
     wrong_text = "Lionel Messi plays for Rome United."
@@ -31,3 +40,57 @@ def test_memorized_fact_is_exact_and_a_wrong_target_is_not():
     both = span_accuracy(model, tokenizer, [right, wrong], device, k=1)
     assert both == {"exact_match": 0.5, "top_k": 0.5}
     assert span_accuracy(model, tokenizer, [], device) == {"exact_match": None, "top_k": None}
+
+
+FACTS = [  # (sentence, its object): prompts of 3 to 9 words, objects of 1 to 3 words
+    ("Ana lives in Rome.", "Rome"),
+    ("Bo works for Acme.", "Acme"),
+    ("Lionel Messi plays for Paris Saint-Germain.", "Paris Saint-Germain"),
+    ("The home town of Lionel Messi is Rosario.", "Rosario"),
+    ("The capital of the small country of Wenlo is Brizovi Town.", "Brizovi Town"),
+    ("Tobri Gello is employed by Torapin Wenyushi Corp.", "Torapin Wenyushi Corp"),
+]
+
+
+def probe(text: str, target: str) -> Probe:
+    start = text.rindex(target)
+    return Probe(text, (start, start + len(target)))
+
+
+@pytest.mark.parametrize("model_preset", ["tiny_gpt2", "tiny_llama"])
+def test_batched_decoding_equals_one_probe_at_a_time(tmp_path: Path, model_preset: str):
+    cfg = make_config(tmp_path, f"model={model_preset}")  # the smoke experiment's tiny sizes
+    texts = [text for text, _ in FACTS]
+    tokenizer = train_tokenizer(texts * 20, 400)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, tokenizer)
+    memorize(model, tokenizer, texts, 80)
+    # each fact, the same with another fact's object (a wrong target), and after another fact
+    probes = []
+    for i, (text, target) in enumerate(FACTS):
+        before, other = FACTS[(i + 1) % len(FACTS)]
+        probes += [probe(text, target), probe(text.replace(target, other), other), probe(f"{before} {text}", target)]
+    device = torch.device("cpu")
+    model.eval()
+
+    reference = []  # one greedy generate per probe, no padding: the unbatched implementation
+    for p in probes:
+        start, end = p.span
+        prompt = p.text[:start].rstrip()
+        ids = torch.tensor([[tokenizer.eos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]])
+        target_ids = tokenizer(p.text[len(prompt) : end], add_special_tokens=False)["input_ids"]
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(target_ids),
+                             min_new_tokens=len(target_ids), do_sample=False, output_scores=True,
+                             return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id, use_cache=True)
+        reference.append((tokenizer.decode(out.sequences[0, ids.shape[1] :].tolist()),
+                          target_ids[0] in out.scores[0][0].topk(2).indices.tolist()))
+    exact = [text.strip() == p.text[p.span[0] : p.span[1]] for (text, _), p in zip(reference, probes, strict=True)]
+    # the check has teeth: prompts and targets of several lengths, hits and misses of both kinds
+    assert len({len(encode(tokenizer, p)[0]) for p in probes}) >= 4
+    assert len({len(encode(tokenizer, p)[1]) for p in probes}) >= 3
+    assert 0 < sum(exact) < len(probes) and 0 < sum(hit for _, hit in reference) < len(probes)
+
+    for batch_size in (3, len(probes)):  # several batches per target length; one, of all prompt lengths
+        assert greedy_continuations(model, tokenizer, probes, device, k=2, batch_size=batch_size) == reference
+    assert span_accuracy(model, tokenizer, probes, device, k=2) == {
+        "exact_match": sum(exact) / len(probes), "top_k": sum(hit for _, hit in reference) / len(probes)}
