@@ -45,6 +45,9 @@ def _preset_config(cfg: ModelConfig, tokenizer) -> PretrainedConfig:
             resid_pdrop=cfg.dropout,
             embd_pdrop=cfg.dropout,
             attn_pdrop=cfg.dropout,
+            # GPT-2's tanh GELU as one fused kernel: "gelu_new" computes the same formula in five
+            # ops, which made fwd+bwd of tiny_gpt2 ~10% slower on CPU (measured)
+            activation_function="gelu_pytorch_tanh",
             **special,
         )
     return LlamaConfig(

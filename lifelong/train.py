@@ -103,8 +103,9 @@ def labelled_tokens(blocks: torch.Tensor) -> int:
 
 def summed_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum of the next-token cross-entropies over the labelled tokens (PAD ignored)."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=PAD,
-                           reduction="sum")
+    # shift the labels, not the logits: slicing [B, T, vocab] logits copies them, and again in backward
+    targets = F.pad(labels[:, 1:], (0, 1), value=PAD)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD, reduction="sum")
 
 
 def evaluate(model, probes: list[dict[str, EncodedProbes]], cfg: TrainConfig, device, pad_id: int):

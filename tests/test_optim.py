@@ -1,4 +1,4 @@
-"""Fused per-layer gradient norms and clipping against naive per-parameter computation."""
+"""Fused per-layer gradient norms and clipping against naive per-parameter computation; the presets."""
 
 from __future__ import annotations
 
@@ -51,3 +51,13 @@ def test_layer_rows_per_family():
     assert layer_of("transformer.ln_f.weight") == "final_norm"
     assert layer_of("model.norm.weight") == "final_norm"
     assert layer_of("lm_head.weight") == "lm_head"
+
+
+def test_gpt2_preset_activation_is_gpt2s_tanh_gelu():
+    """The preset uses the fused kernel but must compute GPT-2's own GELU ("gelu_new")."""
+    from transformers.activations import ACT2FN
+
+    model = build_model(ModelConfig(family=ModelFamily.gpt2, n_layer=1, d_model=16, n_head=2, d_ff=32,
+                                    max_seq_len=8), train_tokenizer(["a b c"] * 5, 260))
+    x = torch.linspace(-6, 6, 1001)
+    torch.testing.assert_close(model.transformer.h[0].mlp.act(x), ACT2FN["gelu_new"](x))
