@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import RESULTS, lifelong_step_times, model_parameters, steady_median
+from common import RESULTS, code_version, lifelong_step_times, model_parameters, steady_median
 from overhead import compare, summary
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM
@@ -50,7 +50,7 @@ def main() -> None:
 
     parts = args.parts.split(",")
     for part in parts:  # each part's ratios come from one run on one machine
-        measured: dict = {"device": name, "steps": args.steps}
+        measured: dict = {"device": name, "steps": args.steps, "commit": code_version()}
         if part == "overhead":
             measured.update(summary(compare(large, args.repeats)), repeats=args.repeats)
         elif part == "logging":

@@ -21,6 +21,16 @@ def load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def measured_at() -> list[tuple[Path, str]]:
+    """The commit each results file was measured at ("+": with uncommitted changes)."""
+    out = []
+    for path in sorted(RESULTS.glob("*.json")):
+        data = json.loads(path.read_text())
+        parts = [data] if "commit" in data else [p for p in data.values() if isinstance(p, dict)] or [data]
+        out.append((path, ", ".join(sorted({p.get("commit", "not recorded") for p in parts}))))
+    return out
+
+
 def row(number: str, figure: str, value: str, target: str = "", met: bool | None = None) -> str:
     verdict = "" if met is None else ("yes" if met else "**no**")
     return f"| {number} | {figure} | {value} | {target} | {verdict} |"
@@ -31,22 +41,30 @@ def spread(times: dict, name: str) -> str:
     return f"{low * 1e3:.1f}-{high * 1e3:.1f} ms"
 
 
+def overhead_rows(overhead: dict, batch: str) -> list[str]:
+    t, s = overhead["step_time_s"], overhead["spread_s"]
+    of_medians = overhead["ratio_of_medians"]
+    return [
+        row("1", f"lifelong step / bare PyTorch loop, {batch} (median of paired ratios)",
+            f"{overhead['ratio_lifelong_vs_bare']:.3f}x (medians {t['lifelong'] * 1e3:.1f} vs "
+            f"{t['bare'] * 1e3:.1f} ms, "
+            f"{of_medians['vs_bare']:.3f}x; spread {spread(s, 'lifelong')} / {spread(s, 'bare')})",
+            "<= 1.03", overhead["ratio_lifelong_vs_bare"] <= 1.03),
+        row("2", f"lifelong step / HF Trainer step, {batch} (median of paired ratios)",
+            f"{overhead['ratio_lifelong_vs_hf_trainer']:.3f}x (median {t['hf_trainer'] * 1e3:.1f} ms HF, "
+            f"{of_medians['vs_hf_trainer']:.3f}x; spread {spread(s, 'hf_trainer')})", "<= 1.0",
+            overhead["ratio_lifelong_vs_hf_trainer"] <= 1.0),
+    ]
+
+
 def rows() -> list[str]:
     out = []
-    overhead = load("overhead")
+    overhead, small = load("overhead"), load("overhead_mb1")
     if overhead:
-        t, s = overhead["step_time_s"], overhead["spread_s"]
-        of_medians = overhead["ratio_of_medians"]
-        out.append(row("1", "lifelong step / bare PyTorch loop (median of paired ratios)",
-                       f"{overhead['ratio_lifelong_vs_bare']:.3f}x (medians {t['lifelong'] * 1e3:.1f} vs "
-                       f"{t['bare'] * 1e3:.1f} ms, {of_medians['vs_bare']:.3f}x; "
-                       f"spread {spread(s, 'lifelong')} / {spread(s, 'bare')})",
-                       "<= 1.03", overhead["ratio_lifelong_vs_bare"] <= 1.03))
-        out.append(row("2", "lifelong step / HF Trainer step (median of paired ratios)",
-                       f"{overhead['ratio_lifelong_vs_hf_trainer']:.3f}x (median {t['hf_trainer'] * 1e3:.1f} ms HF, "
-                       f"{of_medians['vs_hf_trainer']:.3f}x; spread {spread(s, 'hf_trainer')})", "<= 1.0",
-                       overhead["ratio_lifelong_vs_hf_trainer"] <= 1.0))
-    else:
+        out += overhead_rows(overhead, "batch 8x128")
+    if small:
+        out += overhead_rows(small, "batch 1x128 (the framework's own cost)")
+    if not (overhead or small):
         out.append(row("1-2", "overhead.py", "not run"))
     tgl = load("tgl")
     if tgl:
@@ -59,16 +77,22 @@ def rows() -> list[str]:
                        f"stage of {tracing['stage_steps']} steps)"))
     else:
         out.append(row("3", "tgl.py", "not run"))
-    methods = load("methods")
-    if methods:
+    for name, batch in (("methods", "8x128"), ("methods_mb1", "1x128")):
+        methods = load(name)
+        if not methods:
+            out.append(row("3", f"methods.py ({batch})", "not run"))
+            continue
         ratios = methods["ratio_vs_finetune"]
-        for name, target in (("migu", 1.05), ("ewc", 1.10)):
-            out.append(row("3", f"{name} step / finetune step", f"{ratios[name]:.3f}x", f"<= {target}",
-                           ratios[name] <= target))
+        for method, target in (("migu", 1.05), ("ewc", 1.10)):
+            out.append(row("3", f"{method} step / finetune step, {batch}", f"{ratios[method]:.3f}x", f"<= {target}",
+                           ratios[method] <= target))
         others = ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items() if n not in ("finetune", "migu", "ewc"))
-        out.append(row("3", "other methods / finetune", others))
-    else:
-        out.append(row("3", "methods.py", "not run"))
+        out.append(row("3", f"other methods / finetune, {batch}", others))
+    ops = load("op_counts")
+    if ops:
+        counts = ops["ops_per_step"]
+        out.append(row("3", "compute ops per step, 12 blocks (what a launch-bound GPU step pays for)",
+                       ", ".join(f"{n} {c}" for n, c in counts.items())))
     evaluation = load("eval_throughput")
     if evaluation:
         ratio = evaluation["ratio_lifelong_vs_bare"]
@@ -116,7 +140,9 @@ def rows() -> list[str]:
         devices = {part["device"] for part in cuda.values()}
         ms = {name: f"{t * 1e3:.1f} ms" for name, t in over["step_time_s"].items()}
         vs_bare, vs_hf = over["ratio_lifelong_vs_bare"], over["ratio_lifelong_vs_hf_trainer"]  # ratio of medians
-        out.append(row("1 GPU", f"lifelong step / bare loop ({', '.join(sorted(devices))}, bf16, gpt2_100m 16x512)",
+        commits = ", ".join(sorted({part.get("commit", "not recorded") for part in cuda.values()}))
+        out.append(row("1 GPU", f"lifelong step / bare loop ({', '.join(sorted(devices))}, bf16, gpt2_100m 16x512, "
+                       f"code at {commits})",
                        f"{vs_bare:.3f}x ({ms['lifelong']} vs {ms['bare']})", "<= 1.03", vs_bare <= 1.03))
         out.append(row("2 GPU", "lifelong step / HF Trainer step", f"{vs_hf:.3f}x ({ms['hf_trainer']} HF)", "<= 1.0",
                        vs_hf <= 1.0))
@@ -137,12 +163,14 @@ def main() -> None:
         "# Benchmark results",
         "",
         "Generated by `python benchmarks/results_md.py` from `benchmarks/results/*.json`; regenerate",
-        "everything with `bash benchmarks/run_all.sh` (about 25 minutes on 2 CPU cores). Ratios are",
+        "everything with `bash benchmarks/run_all.sh` (about 35 minutes on 2 CPU cores). Ratios are",
         "measured side by side in one run; medians over repetitions, spreads min-max.",
         "",
         "| # | figure | measured | target | met |",
         "|---|---|---|---|---|",
         *rows(),
+        "",
+        "Each figure's code: " + ", ".join(f"{path.stem} {commit}" for path, commit in measured_at()) + ".",
         "",
     ])
     OUT.write_text(text)
