@@ -36,14 +36,16 @@ class Preemption:
 
     def hand_over(self) -> None:
         """Restore the previous handlers and deliver the signal to them; if one returns (submitit
-        only logs SIGTERM), end the process anyway: its checkpoint is written."""
+        only logs SIGTERM), end the process anyway: its checkpoint is written. A rank that stops
+        because another rank was signalled acts on SLURM's warning, SIGUSR2."""
         self.uninstall()
-        previous = self.previous.get(self.signum, signal.SIG_DFL)
+        signum = self.signum or signal.SIGUSR2
+        previous = self.previous.get(signum, signal.SIG_DFL)
         if callable(previous):
-            previous(self.signum, None)
+            previous(signum, None)
         else:
-            os.kill(os.getpid(), self.signum)
-        raise SystemExit(128 + self.signum)
+            os.kill(os.getpid(), signum)
+        raise SystemExit(128 + signum)
 
     def uninstall(self) -> None:
         for signum, handler in self.previous.items():
