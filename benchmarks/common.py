@@ -21,7 +21,10 @@ def code_version() -> str:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=RESULTS.parent, capture_output=True, text=True).stdout.strip()
 
-    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+    # the figures themselves are tracked files: writing them does not make the code differ
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results",
+                  ":!benchmarks/RESULTS.md")
+    return git("rev-parse", "--short", "HEAD") + ("+" if changed else "")
 
 
 def save_result(name: str, result: dict) -> None:
