@@ -7,8 +7,8 @@ AdamW, warmup + cosine and clipping in all three. The three run interleaved, `--
 times, in one process. Each is timed the same way: the mean step time of each window of
 `log_every` steps (lifelong's own metrics.jsonl windows, which include its logging; stamps at
 the same boundaries in the bare loop and in a Trainer callback), the median over windows after
-the first (warm-up), then the median over repetitions; a ratio is the median of the repetitions'
-own ratios (see `summary`). Writes benchmarks/results/<name>.json.
+the first (warm-up), then the median over repetitions (each run in a fresh interpreter); a
+ratio is the median of the repetitions' own ratios (see `summary`). Writes benchmarks/results/<name>.json.
 
 At the default batch (8x128) the model's own kernels are nearly all of a CPU step, so the three
 differ by little more than noise; `--micro-batch 1` makes the step small enough that what each
@@ -17,6 +17,7 @@ framework adds per step (its Python, its optimizer and clipping calls) shows, as
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import tempfile
 import time
@@ -114,14 +115,27 @@ def hf_trainer_step_times(overrides: list[str], workdir: Path) -> list[float]:
     return window_means(stamps, tc.log_every)
 
 
+def measure(loop: str, overrides: list[str], workdir: str, threads: int) -> float:
+    """Steady median step time of one of the three loops."""
+    torch.set_num_threads(threads)
+    if loop == "bare":
+        return steady_median(bare_step_times(overrides))
+    if loop == "lifelong":
+        return steady_median(lifelong_step_times(overrides, Path(workdir) / "lifelong", stage=0))
+    return steady_median(hf_trainer_step_times(overrides, Path(workdir)))
+
+
 def compare(overrides: list[str], repeats: int) -> dict[str, list[float]]:
-    """Steady median step time of the three, interleaved, `repeats` times."""
+    """Steady median step time of the three, interleaved, `repeats` times. Each run has a fresh
+    interpreter: process-wide state that one sets (lifelong keeps freed host memory,
+    lifelong/launch/host_memory.py) must not carry over to the others."""
     runs: dict[str, list[float]] = {"bare": [], "lifelong": [], "hf_trainer": []}
+    spawn, threads = multiprocessing.get_context("spawn"), torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(repeats):
-            runs["bare"].append(steady_median(bare_step_times(overrides)))
-            runs["lifelong"].append(steady_median(lifelong_step_times(overrides, Path(tmp) / f"ll_{repeat}", stage=0)))
-            runs["hf_trainer"].append(steady_median(hf_trainer_step_times(overrides, Path(tmp))))
+            for loop, times in runs.items():
+                with spawn.Pool(1) as pool:
+                    times.append(pool.apply(measure, (loop, overrides, f"{tmp}/{loop}_{repeat}", threads)))
             print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1] * 1e3:.2f} ms" for k, v in runs.items()), flush=True)
     return runs
 

@@ -254,6 +254,7 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     progress: bool = True  # tqdm bar per stage
+    keep_host_memory: bool = True  # glibc keeps freed host memory: no page faults every CPU step
 
     def __post_init__(self) -> None:
         for key in ("steps_per_stage", "micro_batch_size", "grad_accum", "eval_batch_size", "log_every"):

@@ -38,6 +38,7 @@ from lifelong.eval.metrics import fuar, summarize
 from lifelong.eval.perplexity import EncodedProbes, encode_probes, perplexity
 from lifelong.launch.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from lifelong.launch.distributed import DistEnv, any_rank, init_distributed, mean_across_ranks
+from lifelong.launch.host_memory import keep_freed_host_memory
 from lifelong.launch.preemption import Preemption
 from lifelong.methods.base import Method, StageContext
 from lifelong.models import build_model
@@ -49,6 +50,8 @@ from lifelong.track.plots import grad_norm_heatmap
 from lifelong.track.runinfo import run_info
 
 AUTOCAST = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
+
+PREEMPTION_POLL_STEPS = 10  # with several ranks; SLURM warns ahead of the kill (--signal=USR2@120)
 
 
 def seed_everything(seed: int) -> None:
@@ -159,6 +162,8 @@ def train(cfg: TrainConfig) -> dict:
         return json.loads((run_dir / "results.json").read_text())
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
+    if cfg.trainer.keep_host_memory:
+        keep_freed_host_memory()
     device = resolve_device(cfg.trainer.device)
     env = init_distributed(device.type)
     if env.world_size > 1 and device.type == "cuda":
@@ -275,7 +280,9 @@ def train(cfg: TrainConfig) -> dict:
                                     total_norm.reshape(1), layer_norms])
                 metrics.log(record, ["loss", "grad_norm", *(f"grad_norm/{n}" for n in norms.layers)], values)
                 window_start, window_loss = time.perf_counter(), torch.zeros((), device=device)
-            preempted = any_rank(preemption.requested, device)
+            # across ranks the check is a collective and a host sync (it stalls a GPU's queue): poll
+            preempted = (step + 1) % (PREEMPTION_POLL_STEPS if env.world_size > 1 else 1) == 0 and any_rank(
+                preemption.requested, device)
             if preempted or (tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0
                              and step + 1 < tc.steps_per_stage):
                 metrics.flush()  # the metrics file holds every step up to the checkpoint
