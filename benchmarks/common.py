@@ -19,7 +19,7 @@ RESULTS = Path(__file__).parent / "results"
 def code_version() -> str:
     """The commit the figures come from, "+" if the working tree differed from it."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=RESULTS.parent, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=RESULTS.parent.parent, capture_output=True, text=True).stdout.strip()
 
     # the figures themselves are tracked files: writing them does not make the code differ
     changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results",
