@@ -1,6 +1,6 @@
 """Step time of every baseline relative to full fine-tuning, side by side in one run.
 
-    python benchmarks/methods.py [--steps 60] [--repeats 3] [--threads 1] [--micro-batch 8] [--name methods]
+    python benchmarks/methods.py [--steps 60] [--repeats 5] [--threads 1] [--micro-batch 8] [--name methods]
 
 Each method trains the same two-stage synthetic stream with the same model and batch; the
 times are those of stage 1, where every method is fully active (MIGU masks, EWC's penalty
@@ -27,7 +27,7 @@ TARGETS = {"migu": 1.05, "ewc": 1.10, "replay": 1.02}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--name", default="methods", help="results/<name>.json")
