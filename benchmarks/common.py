@@ -16,11 +16,13 @@ from lifelong.train import train
 RESULTS = Path(__file__).parent / "results"
 
 
+def git(*args: str) -> str:
+    """git's output, run at the repository's root."""
+    return subprocess.run(["git", *args], cwd=RESULTS.parent.parent, capture_output=True, text=True).stdout.strip()
+
+
 def code_version() -> str:
     """The commit the figures come from, "+" if the working tree differed from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=RESULTS.parent.parent, capture_output=True, text=True).stdout.strip()
-
     # the figures themselves are tracked files: writing them does not make the code differ
     changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results",
                   ":!benchmarks/RESULTS.md")

@@ -4,11 +4,11 @@
 
 Same model (the tiny GPT-2 preset), same packed blocks of the synthetic stream, same batch,
 AdamW, warmup + cosine and clipping in all three. The three run interleaved, `--repeats`
-times, in one process. Each is timed the same way: the mean step time of each window of
-`log_every` steps (lifelong's own metrics.jsonl windows, which include its logging; stamps at
-the same boundaries in the bare loop and in a Trainer callback), the median over windows after
-the first (warm-up), then the median over repetitions (each run in a fresh interpreter); a
-ratio is the median of the repetitions' own ratios (see `summary`). Writes benchmarks/results/<name>.json.
+times, each run in a fresh interpreter. Each is timed the same way: the mean step time of each
+window of `log_every` steps (lifelong's own metrics.jsonl windows, which include its logging;
+stamps at the same boundaries in the bare loop and in a Trainer callback), the median over
+windows after the first (warm-up), then the median over repetitions; a ratio is the median of
+the repetitions' own ratios (see `summary`). Writes benchmarks/results/<name>.json.
 
 At the default batch (8x128) the model's own kernels are nearly all of a CPU step, so the three
 differ by little more than noise; `--micro-batch 1` makes the step small enough that what each

@@ -9,10 +9,9 @@ wrote in the same run; a missing JSON is reported as "not run", never filled in.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
-from common import RESULTS
+from common import RESULTS, git
 
 OUT = Path(__file__).parent / "RESULTS.md"
 
@@ -26,8 +25,7 @@ def changed_since(commit: str | None, path: str) -> bool:
     """Whether `path` differs between the commit a figure was measured at and HEAD."""
     if not commit:
         return True
-    diff = subprocess.run(["git", "diff", "--quiet", commit.rstrip("+"), "HEAD", "--", path], cwd=OUT.parent.parent)
-    return diff.returncode != 0
+    return bool(git("diff", "--name-only", commit.rstrip("+"), "HEAD", "--", path))
 
 
 def measured_at() -> list[tuple[Path, str]]:

@@ -209,6 +209,8 @@ def train(cfg: TrainConfig) -> dict:
     tc = cfg.trainer
     local_batch = tc.micro_batch_size * tc.grad_accum
     step_batch = local_batch * env.world_size  # the global batch: ranks take disjoint slices of it
+    # across ranks the preemption check is a collective and a host sync (it stalls a GPU's queue)
+    preemption_poll = PREEMPTION_POLL_STEPS if env.world_size > 1 else 1
     first_stage, first_step = (resume["stage"], resume["step"]) if resume else (0, 0)
     # the untrained model's perplexities: the reference of forward transfer
     initial = resume["initial"] if resume else evaluate(model, probes, cfg, device, tokenizer.pad_token_id)
@@ -280,9 +282,7 @@ def train(cfg: TrainConfig) -> dict:
                                     total_norm.reshape(1), layer_norms])
                 metrics.log(record, ["loss", "grad_norm", *(f"grad_norm/{n}" for n in norms.layers)], values)
                 window_start, window_loss = time.perf_counter(), torch.zeros((), device=device)
-            # across ranks the check is a collective and a host sync (it stalls a GPU's queue): poll
-            preempted = (step + 1) % (PREEMPTION_POLL_STEPS if env.world_size > 1 else 1) == 0 and any_rank(
-                preemption.requested, device)
+            preempted = (step + 1) % preemption_poll == 0 and any_rank(preemption.requested, device)
             if preempted or (tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0
                              and step + 1 < tc.steps_per_stage):
                 metrics.flush()  # the metrics file holds every step up to the checkpoint
