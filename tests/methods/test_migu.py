@@ -21,9 +21,11 @@ def independent_output_sums(model, data):
             def hook(mod, inp, out, name=name):
                 sums[name] = sums.get(name, 0) + out.detach().abs().double().reshape(-1, out.shape[-1]).sum(0)
             handles.append(module.register_forward_hook(hook))
+    model.eval()  # dropout is 0; eval mode keeps MIGU's own hooks from counting these passes
     with torch.no_grad():
         for micro in data:
             model(input_ids=micro)
+    model.train()
     for handle in handles:
         handle.remove()
     return sums
@@ -70,7 +72,23 @@ def test_rows_with_largest_output_update_biases_unmasked(tokenizer, tmp_path, fr
             assert (module.bias != before[f"{name}.bias"]).all(), f"{name}.bias is masked"
         checked += 1
     assert checked == 2 * 4  # c_attn, c_proj, c_fc, mlp c_proj per block
-    assert not migu.sums  # accumulators reset after the step
+    assert not migu.counted  # accumulators reset after the step
+
+
+def test_each_step_masks_by_its_own_outputs(tokenizer, tmp_path):
+    """The sums are kept in buffers reused across steps: a step's mask must not remember the last."""
+    model = tiny_model(tokenizer)
+    first, second = [blocks(len(tokenizer), 2, seed=0)], [blocks(len(tokenizer), 2, seed=1)]
+    migu = MIGU(MIGUConfig(mask_fraction=0.5))
+    migu.before_stage(context(1, first, model, tmp_path))
+    one_step(model, migu, first)
+    sums = independent_output_sums(model, second)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    one_step(model, migu, second)
+    fc = model.transformer.h[1].mlp.c_fc
+    changed = (fc.weight != before["transformer.h.1.mlp.c_fc.weight"]).any(dim=0)
+    expected = sums["transformer.h.1.mlp.c_fc"] >= torch.quantile(sums["transformer.h.1.mlp.c_fc"].float(), 0.5)
+    assert torch.equal(changed, expected)
 
 
 def test_first_stage_is_unmasked_and_eval_does_not_count(tokenizer, tmp_path):
@@ -86,7 +104,7 @@ def test_first_stage_is_unmasked_and_eval_does_not_count(tokenizer, tmp_path):
     model.eval()
     with torch.no_grad():
         model(input_ids=data[0])
-    assert not migu.sums
+    assert not migu.counted
 
 
 def test_lora_migu_masks_adapter_rows(tokenizer, tmp_path):
