@@ -1,17 +1,23 @@
-"""Shared by the benchmarks: step times of a real `lifelong` run, read from its metrics.jsonl."""
+"""Shared by the benchmarks: step times of a real `lifelong` run, read from its metrics.jsonl, and
+one training step of a method assembled from the trainer's own pieces."""
 
 from __future__ import annotations
 
 import json
 import statistics
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from lifelong.config import TrainConfig, compose_train_config
-from lifelong.data.tokens import train_tokenizer
+from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
+from lifelong.methods.base import StageContext
 from lifelong.models import build_model
+from lifelong.optim import LayerGradNorms, build_optimizer, default_param_groups
 from lifelong.track.jsonl import read_jsonl_metrics
-from lifelong.train import train
+from lifelong.train import AUTOCAST, labelled_tokens, resolve_device, summed_token_loss, train
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -56,3 +62,47 @@ def model_parameters(cfg: TrainConfig) -> int:
     """Parameters of the model a run of `cfg` builds (its vocab comes from the stream's tokenizer)."""
     tokenizer = train_tokenizer(cfg.data.build().all_text(), cfg.data.vocab_size)
     return sum(p.numel() for p in build_model(cfg.model, tokenizer).parameters())
+
+
+def stage1_step(overrides: list[str], micro_batch: int) -> Callable[[], None]:
+    """One optimizer step of the trainer's loop for the composed config's method: forward, loss,
+    the method's extra loss, backward, `transform_gradients`, per-layer norms and clipping,
+    AdamW, on the config's device under its autocast precision (fp16's loss scaling left out).
+    The method is prepared as for stage 1, where every method is active (MIGU masks, EWC holds
+    stage 0's Fisher, LoRA's adapters train); the model is built from seed 0. `train` is one
+    function, so this copies its step: if the loop changes, this must follow."""
+    cfg = compose_train_config(["data.num_stages=2", *overrides])
+    device = resolve_device(cfg.trainer.device)
+    autocast_dtype = AUTOCAST[cfg.trainer.precision]
+    stream = cfg.data.build()
+    tokenizer = train_tokenizer(stream.all_text(), cfg.data.vocab_size)
+    blocks = pack(tokenizer, stream.stages[0].train, cfg.data.seq_len)
+    torch.manual_seed(0)
+    method = cfg.method.build()
+    model = method.wrap_model(build_model(cfg.model, tokenizer)).to(device)
+    contexts = [StageContext(index, stream, [blocks, blocks], model, tokenizer, device, RESULTS,
+                             micro_batch, None) for index in (0, 1)]
+    method.before_stage(contexts[0])
+    method.after_stage(contexts[0])
+    method.before_stage(contexts[1])
+    groups = method.param_groups(model, cfg.trainer.lr, cfg.trainer.weight_decay)
+    optimizer = build_optimizer(cfg.trainer, groups or default_param_groups(model, cfg.trainer.weight_decay))
+    norms = LayerGradNorms(model)
+    batch = blocks[torch.arange(micro_batch) % len(blocks)]  # a small stream may hold fewer blocks
+    ids, labels = lm_inputs(batch, device)
+    loss_scale = 1 / labelled_tokens(batch)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = summed_token_loss(model(input_ids=ids).logits, labels) * loss_scale
+            extra = method.extra_loss(model)
+        (loss if extra is None else loss + extra).backward()
+        method.transform_gradients(model)
+        _, total = norms.compute()
+        norms.clip_(total, cfg.trainer.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):  # optimizer state and caches exist before anything is measured
+        step()
+    return step

@@ -4,7 +4,8 @@
 
 On `trainer=gpu` (bf16 autocast), model gpt2_100m, batch 16 x 512 unless a figure says so:
 1-2. lifelong vs. a bare loop vs. the HF Trainer (bf16), timed as in overhead.py;
-3.   per-layer grad-norm logging every step vs. every steps/4; MIGU and EWC vs. finetune (stage 1);
+3.   per-layer grad-norm logging every step vs. every steps/4; MIGU and EWC vs. finetune, each
+     step as in stage 1, in 10 x --repeats paired rounds of 10 steps (methods_paired.py);
 6.   tokens/s and MFU of tiny_gpt2, tiny_llama (16 x 128) and gpt2_100m.
 MFU = (6 N + 12 L d s) x tokens/s / the GPU's dense bf16 peak (nanoGPT's estimate; N all
 parameters, s the sequence length). Writes benchmarks/results/cuda_bf16.json.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 from common import RESULTS, code_version, lifelong_step_times, model_parameters, steady_median
+from methods_paired import paired_step_times
 from overhead import compare, summary
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM
@@ -59,9 +61,8 @@ def main() -> None:
             rarely = step_time([f"trainer.log_every={rarely_every}"], 0, "rare")
             measured.update(every_step_s=every, rarely_s=rarely, rarely_every=rarely_every, ratio=every / rarely,
                             target="<= 1.03")
-        elif part == "methods":
-            times = {m: step_time([f"method={m}"], 1, m) for m in ("finetune", "migu", "ewc")}
-            measured.update(step_time_s=times, ratio_vs_finetune={m: t / times["finetune"] for m, t in times.items()},
+        elif part == "methods":  # paired rounds in this process, as methods_paired.py (3 models on the GPU)
+            measured.update(paired_step_times(large, ["finetune", "migu", "ewc"], 16, args.repeats * 10, 10),
                             targets={"migu": 1.05, "ewc": 1.10})
         elif part == "throughput":
             measured.update(peak_bf16_flops=peak, presets=throughput(large, args.model, peak, step_time))

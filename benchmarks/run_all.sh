@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark of issue 9, one after another (they must not share the CPU), then RESULTS.md.
-#   bash benchmarks/run_all.sh            (~35 min on 2 cores; the paper_main_cpu sweep is ~7 of them)
+#   bash benchmarks/run_all.sh            (~45 min on 2 cores; the paper_main_cpu sweep is ~7 of them)
 set -euo pipefail
 cd "$(dirname "$0")"
 export WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
@@ -8,6 +8,8 @@ python overhead.py
 python overhead.py --micro-batch 1 --steps 200 --name overhead_mb1
 python methods.py
 python methods.py --micro-batch 1 --steps 150 --name methods_mb1
+python methods_paired.py
+python methods_paired.py --micro-batch 1 --rounds 300 --name methods_paired_mb1
 python op_counts.py
 python tgl.py
 python eval_throughput.py

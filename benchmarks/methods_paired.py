@@ -1,0 +1,80 @@
+"""Each method's step relative to full fine-tuning, paired within one process.
+
+    python benchmarks/methods_paired.py [--micro-batch 8] [--rounds 100] [--steps 10] [--name methods_paired]
+
+methods.py times whole runs in turn, each in its own process, and on this shared 2-core machine
+a run's speed drifts by 10-20% over minutes: more than the 5% MIGU is allowed. Here every method
+gets its own model (built from the same seed) and optimizer, prepared as for stage 1, all in one
+process; each round runs `--steps` steps of every method back to back (in a rotating order), so
+the steps a ratio compares are a fraction of a second apart. A method's ratio is the median over
+rounds of its round time / finetune's round time in the same round. The step is the trainer's
+(common.stage1_step), without the per-window logging, which does not depend on the method.
+Writes benchmarks/results/<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from common import save_result, stage1_step
+
+from lifelong.launch.host_memory import keep_freed_host_memory
+
+METHODS = ["finetune", "ewc", "migu"]  # the methods with a target; methods.py times all
+TARGETS = {"migu": 1.05, "ewc": 1.10}
+
+
+def paired_step_times(overrides: list[str], methods: list[str], micro_batch: int, rounds: int,
+                      steps: int) -> dict:
+    """Step times of `methods` (the first is the reference) in paired rounds, and their ratios."""
+    prepared = {m: stage1_step([*overrides, f"method={m}"], micro_batch) for m in methods}
+    cuda = any(o == "trainer.device=cuda" for o in overrides)
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for round_index in range(rounds):
+        shift = round_index % len(methods)
+        for method in methods[shift:] + methods[:shift]:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(steps):
+                prepared[method]()
+            if cuda:
+                torch.cuda.synchronize()
+            times[method].append((time.perf_counter() - start) / steps)
+    ratios = {m: [a / b for a, b in zip(times[m], times[methods[0]], strict=True)] for m in methods}
+    return {
+        "rounds": rounds,
+        "steps_per_round": steps,
+        "step_time_s": {m: statistics.median(t) for m, t in times.items()},
+        "ratio_vs_finetune": {m: statistics.median(r) for m, r in ratios.items()},
+        "ratio_quartiles": {m: statistics.quantiles(r, n=4)[::2] for m, r in ratios.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=10, help="steps of each method per round")
+    parser.add_argument("--name", default="methods_paired", help="results/<name>.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    keep_freed_host_memory()  # as the trainer does (trainer.keep_host_memory)
+    measured = paired_step_times([], METHODS, args.micro_batch, args.rounds, args.steps)
+    ratio = measured["ratio_vs_finetune"]
+    result = {
+        "what": f"step time (s) per method, paired rounds in one process, tiny GPT-2 preset, "
+                f"batch {args.micro_batch}x128, CPU, 1 thread",
+        "micro_batch": args.micro_batch,
+        **measured,
+        "targets": TARGETS,
+        "met": {m: ratio[m] <= target for m, target in TARGETS.items()},
+    }
+    save_result(args.name, result)
+
+
+if __name__ == "__main__":
+    main()
