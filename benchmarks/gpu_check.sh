@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 out=${1:-/tmp/gpu_check}
 mkdir -p "$out"
 export WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error PYTHONUNBUFFERED=1
+# an image without this project's pure-Python dependencies (hydra-core, omegaconf, antlr4) can
+# take them copied from a venv into .devpkgs/ (git-ignored): cp -r .venv/lib/python3*/site-packages/{hydra,omegaconf,antlr4}* .devpkgs/
+export PYTHONPATH="$PWD/.devpkgs:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
 status=0

@@ -7,6 +7,9 @@ a method adds costs a kernel launch whatever its size. This counts the compute o
 ops, views and allocations left out) torch.profiler records in one step (forward, backward, the
 method's `transform_gradients`, per-layer norms and clipping, AdamW) of gpt2_100m's layout
 (12 blocks, 48 linear layers) at a tiny width, on the CPU. Counts do not depend on the width.
+The CPU runs a `_foreach_*` op one tensor at a time, and so it is counted here; CUDA fuses
+lists of same-shape tensors into a few kernels (EWC's penalty gradient, AdamW), so those
+counts overstate a GPU's launches. MIGU's masks broadcast, so CUDA applies them one by one too.
 Writes benchmarks/results/op_counts.json.
 """
 
