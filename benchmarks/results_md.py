@@ -89,12 +89,11 @@ def rows() -> list[str]:
         if not methods:
             out.append(row("3", f"methods.py ({batch})", "not run"))
             continue
+        # no verdict here: joint's step is finetune's, so its ratio shows these runs' noise (10-20%)
         ratios = methods["ratio_vs_finetune"]
-        for method, target in (("migu", 1.05), ("ewc", 1.10)):
-            out.append(row("3", f"{method} step / finetune step, {batch}", f"{ratios[method]:.3f}x", f"<= {target}",
-                           ratios[method] <= target))
-        others = ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items() if n not in ("finetune", "migu", "ewc"))
-        out.append(row("3", f"other methods / finetune, {batch}", others))
+        out.append(row("3", f"each method / finetune, whole runs in turn, {batch} (joint runs finetune's step: "
+                       "its distance from 1 is the noise; targets are judged on the paired rows)",
+                       ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items() if n != "finetune")))
     for name, batch in (("methods_paired", "8x128"), ("methods_paired_mb1", "1x128")):
         paired = load(name)
         if not paired:
