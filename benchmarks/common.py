@@ -4,10 +4,12 @@ one training step of a method assembled from the trainer's own pieces."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import statistics
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,6 +35,19 @@ def code_version() -> str:
     changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results",
                   ":!benchmarks/RESULTS.md")
     return git("rev-parse", "--short", "HEAD") + ("+" if changed else "")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels, so that a clock read after it covers them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def in_fresh_interpreter(function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)` in a newly spawned interpreter: process-wide state one run sets (lifelong
+    keeps freed host memory, lifelong/launch/host_memory.py) must not carry over to the next."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, args)
 
 
 def save_result(name: str, result: dict) -> None:
@@ -64,13 +79,14 @@ def model_parameters(cfg: TrainConfig) -> int:
     return sum(p.numel() for p in build_model(cfg.model, tokenizer).parameters())
 
 
-def stage1_step(overrides: list[str], micro_batch: int) -> Callable[[], None]:
+def stage1_step(overrides: list[str], micro_batch: int) -> tuple[Callable[[], None], torch.device]:
     """One optimizer step of the trainer's loop for the composed config's method: forward, loss,
     the method's extra loss, backward, `transform_gradients`, per-layer norms and clipping,
     AdamW, on the config's device under its autocast precision (fp16's loss scaling left out).
     The method is prepared as for stage 1, where every method is active (MIGU masks, EWC holds
     stage 0's Fisher, LoRA's adapters train); the model is built from seed 0. `train` is one
-    function, so this copies its step: if the loop changes, this must follow."""
+    function, so this copies its step: if the loop changes, this must follow. Returns the step
+    and the device it runs on."""
     cfg = compose_train_config(["data.num_stages=2", *overrides])
     device = resolve_device(cfg.trainer.device)
     autocast_dtype = AUTOCAST[cfg.trainer.precision]
@@ -105,4 +121,4 @@ def stage1_step(overrides: list[str], micro_batch: int) -> Callable[[], None]:
 
     for _ in range(3):  # optimizer state and caches exist before anything is measured
         step()
-    return step
+    return step, device

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from common import RESULTS, code_version, lifelong_step_times, model_parameters, steady_median
-from methods_paired import paired_step_times
+from methods_paired import METHODS, TARGETS, paired_step_times
 from overhead import compare, summary
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM
@@ -62,8 +62,7 @@ def main() -> None:
             measured.update(every_step_s=every, rarely_s=rarely, rarely_every=rarely_every, ratio=every / rarely,
                             target="<= 1.03")
         elif part == "methods":  # paired rounds in this process, as methods_paired.py (3 models on the GPU)
-            measured.update(paired_step_times(large, ["finetune", "migu", "ewc"], 16, args.repeats * 10, 10),
-                            targets={"migu": 1.05, "ewc": 1.10})
+            measured.update(paired_step_times(large, METHODS, 16, args.repeats * 10, 10), targets=TARGETS)
         elif part == "throughput":
             measured.update(peak_bf16_flops=peak, presets=throughput(large, args.model, peak, step_time))
         else:

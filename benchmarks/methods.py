@@ -17,12 +17,11 @@ masks, penalty) weigh as they do in a launch-bound GPU step.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import statistics
 import tempfile
 from pathlib import Path
 
-from common import lifelong_step_times, save_result, steady_median
+from common import in_fresh_interpreter, lifelong_step_times, save_result, steady_median
 
 METHODS = ["finetune", "replay", "ewc", "migu", "lora", "lora_migu", "joint"]
 TARGETS = {"migu": 1.05, "ewc": 1.10, "replay": 1.02}
@@ -42,15 +41,14 @@ def main() -> None:
     args = parser.parse_args()
 
     times: dict[str, list[float]] = {m: [] for m in METHODS}
-    spawn = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
             shift = repeat % len(METHODS)
             for method in METHODS[shift:] + METHODS[:shift]:
                 overrides = [f"method={method}", "data.num_stages=2", f"trainer.steps_per_stage={args.steps}",
                              f"trainer.num_threads={args.threads}", f"trainer.micro_batch_size={args.micro_batch}"]
-                with spawn.Pool(1) as pool:
-                    times[method].append(pool.apply(stage1_step_time, (overrides, Path(tmp) / f"{method}_{repeat}")))
+                run_dir = Path(tmp) / f"{method}_{repeat}"
+                times[method].append(in_fresh_interpreter(stage1_step_time, overrides, run_dir))
             print(f"repeat {repeat}: " + ", ".join(f"{m} {t[-1] * 1e3:.1f} ms" for m, t in times.items()), flush=True)
 
     median = {m: statistics.median(t) for m, t in times.items()}

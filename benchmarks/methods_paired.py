@@ -19,7 +19,7 @@ import statistics
 import time
 
 import torch
-from common import save_result, stage1_step
+from common import save_result, stage1_step, synchronize
 
 from lifelong.launch.host_memory import keep_freed_host_memory
 
@@ -31,18 +31,16 @@ def paired_step_times(overrides: list[str], methods: list[str], micro_batch: int
                       steps: int) -> dict:
     """Step times of `methods` (the first is the reference) in paired rounds, and their ratios."""
     prepared = {m: stage1_step([*overrides, f"method={m}"], micro_batch) for m in methods}
-    cuda = any(o == "trainer.device=cuda" for o in overrides)
     times: dict[str, list[float]] = {m: [] for m in methods}
     for round_index in range(rounds):
         shift = round_index % len(methods)
         for method in methods[shift:] + methods[:shift]:
-            if cuda:
-                torch.cuda.synchronize()
+            step, device = prepared[method]
+            synchronize(device)
             start = time.perf_counter()
             for _ in range(steps):
-                prepared[method]()
-            if cuda:
-                torch.cuda.synchronize()
+                step()
+            synchronize(device)
             times[method].append((time.perf_counter() - start) / steps)
     ratios = {m: [a / b for a, b in zip(times[m], times[methods[0]], strict=True)] for m in methods}
     return {

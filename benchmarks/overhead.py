@@ -17,14 +17,13 @@ framework adds per step (its Python, its optimizer and clipping calls) shows, as
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import lifelong_step_times, save_result, steady_median
+from common import in_fresh_interpreter, lifelong_step_times, save_result, steady_median, synchronize
 
 from lifelong.config import Precision, compose_train_config
 from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
@@ -41,11 +40,6 @@ def _setup(overrides: list[str]):
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
     return cfg, blocks, build_model(cfg.model, tokenizer).to(device), device
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def window_means(stamps: list[float], every: int) -> list[float]:
@@ -126,16 +120,14 @@ def measure(loop: str, overrides: list[str], workdir: str, threads: int) -> floa
 
 
 def compare(overrides: list[str], repeats: int) -> dict[str, list[float]]:
-    """Steady median step time of the three, interleaved, `repeats` times. Each run has a fresh
-    interpreter: process-wide state that one sets (lifelong keeps freed host memory,
-    lifelong/launch/host_memory.py) must not carry over to the others."""
+    """Steady median step time of the three, interleaved, `repeats` times, each run in a fresh
+    interpreter (the setting lifelong makes process-wide must not reach the others)."""
     runs: dict[str, list[float]] = {"bare": [], "lifelong": [], "hf_trainer": []}
-    spawn, threads = multiprocessing.get_context("spawn"), torch.get_num_threads()
+    threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(repeats):
             for loop, times in runs.items():
-                with spawn.Pool(1) as pool:
-                    times.append(pool.apply(measure, (loop, overrides, f"{tmp}/{loop}_{repeat}", threads)))
+                times.append(in_fresh_interpreter(measure, loop, overrides, f"{tmp}/{loop}_{repeat}", threads))
             print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1] * 1e3:.2f} ms" for k, v in runs.items()), flush=True)
     return runs
 
