@@ -6,12 +6,15 @@ a LoRA continual learner starts from a pretrained model. `from_stage: 0` adapts 
 Target modules default per family (GPT-2 `c_attn`, a Conv1D so `fan_in_fan_out`; Llama
 `q_proj`, `v_proj`). `merge_each_stage: true` folds the adapters into the base weights at the
 end of every stage and starts the next stage from fresh adapters (B = 0, so the function is
-unchanged); `false` keeps training one set of adapters across stages.
+unchanged); `false` keeps training one set of adapters across stages. Whether adapters exist is
+the method's state: a resumed run injects them in `wrap_model`, before the checkpoint's weights
+(adapters included) are loaded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
@@ -32,10 +35,23 @@ def lora_layers(model: nn.Module) -> list[LoraLayer]:
 class LoRA(Method):
     def __init__(self, cfg: LoRAConfig):
         self.cfg = cfg
+        self.injected = False
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        if self.injected:  # resuming after `from_stage` began: the checkpoint holds adapters
+            self.inject(model)
+        return model
 
     def before_stage(self, ctx: StageContext) -> None:
-        if ctx.index == self.cfg.from_stage:
+        if ctx.index == self.cfg.from_stage and not self.injected:
             self.inject(ctx.model)
+            self.injected = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"injected": self.injected}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.injected = state["injected"]
 
     def inject(self, model: nn.Module) -> None:
         model_type = model.config.model_type

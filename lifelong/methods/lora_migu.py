@@ -7,6 +7,7 @@ by the magnitude of the layer's full output, base plus adapter (DESIGN.md sectio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -20,6 +21,9 @@ class LoRAMIGU(MIGU):
     def __init__(self, cfg: LoRAMIGUConfig):
         super().__init__(MIGUConfig(mask_fraction=cfg.mask_fraction))
         self.lora = LoRA(cfg)
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        return self.lora.wrap_model(model)
 
     def before_stage(self, ctx: StageContext) -> None:
         self.lora.before_stage(ctx)  # adapters first, so MIGU hooks them
@@ -36,6 +40,13 @@ class LoRAMIGU(MIGU):
 
     def after_stage(self, ctx: StageContext) -> None:
         self.lora.after_stage(ctx)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "lora": self.lora.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.lora.load_state_dict(state["lora"])
 
 
 @dataclass

@@ -1,20 +1,45 @@
-"""Every method option runs the whole recipe on the tiny world."""
+"""Every method option runs the whole recipe on the tiny world, and resumes exactly."""
 
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 
 from lifelong.config import CONF_DIR
+from lifelong.launch.checkpoint import checkpoint_dir
+from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.train import train
 from tests.conftest import make_config
 
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+STEPS = 6  # the smoke experiment's steps per stage
+
+
+def losses(run_dir) -> dict[int, float]:
+    return {r["global_step"]: r["loss"] for r in read_jsonl_metrics(run_dir / "metrics.jsonl")}
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_method_runs_end_to_end(tmp_path, method):
-    results = train(make_config(tmp_path / method, f"method={method}"))
+def test_method_runs_end_to_end_and_resumes_mid_last_stage(tmp_path, method):
+    """A crash in the last stage (LoRA's adapters exist by then, EWC holds Fisher terms, ...):
+    the run resumed from the checkpoint before it logs the same losses and ends the same."""
+    overrides = [f"method={method}", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=100"]
+    reference = train(make_config(tmp_path / "reference", *overrides))
     for probe_set in ("changed", "unchanged", "new"):
-        assert math.isfinite(results["probe_sets"][probe_set]["final"])
+        assert math.isfinite(reference["probe_sets"][probe_set]["final"])
+
+    run_dir = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "reference", run_dir)
+    (run_dir / "results.json").unlink()
+    crash_step = (len(reference["stages"]) - 1) * STEPS + 2  # two steps into the last stage
+    for path in checkpoint_dir(run_dir).glob("step_*.pt"):
+        if int(path.stem.removeprefix("step_")) > crash_step:
+            path.unlink()
+    resumed = train(make_config(run_dir, *overrides))
+    logged, expected = losses(run_dir), losses(tmp_path / "reference")
+    assert list(logged) == list(expected)  # every step logged once, in order
+    assert logged == pytest.approx(expected, abs=1e-6)
+    for name, probe_set in reference["probe_sets"].items():
+        assert resumed["probe_sets"][name]["final"] == pytest.approx(probe_set["final"], rel=1e-5)
