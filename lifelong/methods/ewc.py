@@ -98,6 +98,9 @@ class EWC(Method):
 
     def before_stage(self, ctx: StageContext) -> None:
         self.params = dict(ctx.model.named_parameters())  # also after a resume
+        # a resume loads the terms onto the CPU; they belong with their parameters
+        self.terms = [tuple({name: value.to(self.params[name].device) for name, value in part.items()}
+                            for part in term) for term in self.terms]
 
 
 @dataclass

@@ -77,3 +77,17 @@ def test_plain_ewc_keeps_a_term_per_stage(tokenizer, tmp_path):
     ewc.after_stage(context(0, data[:1], model, tmp_path))
     ewc.after_stage(context(1, data, model, tmp_path))
     assert len(ewc.terms) == 2
+
+
+def test_resumed_terms_move_to_their_parameters_device(tokenizer, tmp_path):
+    """A checkpoint loads onto the CPU; on a GPU the terms must follow the parameters (the meta
+    device stands in for CUDA here: a term left behind would raise in transform_gradients)."""
+    model = tiny_model(tokenizer).eval()
+    data = [blocks(len(tokenizer), 4, seed=0)]
+    saved = EWC(EWCConfig(fisher_samples=2))
+    saved.after_stage(context(0, data, model, tmp_path))
+    resumed = EWC(EWCConfig(fisher_samples=2))
+    resumed.load_state_dict(saved.state_dict())
+    resumed.before_stage(context(1, data, model.to("meta"), tmp_path))
+    fisher, anchor = resumed.terms[0]
+    assert {t.device.type for t in [*fisher.values(), *anchor.values()]} == {"meta"}
