@@ -1,16 +1,21 @@
 """Checkpoints: written atomically (temp file + rename), the last K kept, and on resume the
-newest one that loads (a truncated or corrupt one is skipped with a warning)."""
+newest one that loads (a truncated or corrupt one is skipped with a warning).
+
+torch.save writes a zip archive with a CRC-32 per record, but torch.load never checks them, so
+flipped bits in tensor data would load silently: the loader verifies them first."""
 
 from __future__ import annotations
 
 import os
 import random
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.serialization import config as serialization_config
 
 PATTERN = "step_*.pt"
 
@@ -47,7 +52,9 @@ def save_checkpoint(run_dir: Path, global_step: int, state: dict[str, Any], keep
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{global_step:08d}.pt"
     temporary = path.with_suffix(".pt.tmp")
-    torch.save({**state, "complete": True}, temporary)
+    # even if CRC-32s were turned off globally: without them the loader would reject every checkpoint
+    with serialization_config.patch({"save.compute_crc32": True}):
+        torch.save({**state, "complete": True}, temporary)
     with temporary.open("rb") as file:
         os.fsync(file.fileno())
     os.replace(temporary, path)
@@ -56,13 +63,22 @@ def save_checkpoint(run_dir: Path, global_step: int, state: dict[str, Any], keep
     return path
 
 
+def verify_checksums(path: Path) -> None:
+    """Raise zipfile.BadZipFile unless every record of the archive matches its CRC-32."""
+    with zipfile.ZipFile(path) as archive:
+        bad = archive.testzip()
+    if bad is not None:
+        raise zipfile.BadZipFile(f"CRC-32 mismatch in record {bad}")
+
+
 def load_latest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    """The newest checkpoint that loads whole, or None when there is none."""
+    """The newest checkpoint that verifies and loads whole, or None when there is none."""
     for path in sorted(checkpoint_dir(run_dir).glob(PATTERN), reverse=True):
         try:
+            verify_checksums(path)
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # truncated / corrupt: torch raises several kinds
-            warnings.warn(f"checkpoint {path} is unreadable ({type(error).__name__}: {error}); "
+        except Exception as error:  # truncated / corrupt: zipfile and torch raise several kinds
+            warnings.warn(f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {error}); "
                           "falling back to the previous one", stacklevel=2)
             continue
         if state.get("complete") is True:

@@ -1,0 +1,58 @@
+"""Corrupt checkpoints on real files: flipped bits in tensor data are caught by the CRC-32s."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from lifelong.launch.checkpoint import load_latest_checkpoint, save_checkpoint
+
+
+def weights(step: int) -> torch.Tensor:
+    return torch.arange(4096, dtype=torch.float32) + 10_000 * step  # distinct bytes per checkpoint
+
+
+def save(run_dir: Path, step: int) -> Path:
+    return save_checkpoint(run_dir, step, {"global_step": step, "model": {"weight": weights(step)}}, keep=3)
+
+
+def flip_a_bit_in_the_weights(path: Path, step: int) -> None:
+    data = bytearray(path.read_bytes())
+    start = data.find(weights(step).numpy().tobytes())
+    assert start > 0
+    data[start + 8191] ^= 0x01  # the 2048th float's top byte: a large silent change if undetected
+    path.write_bytes(bytes(data))
+
+
+def assert_falls_back_from(newest: Path, run_dir: Path) -> None:
+    with pytest.warns(UserWarning, match=re.escape(str(newest)) + r" is corrupt.*CRC-32.*falling back"):
+        state = load_latest_checkpoint(run_dir)
+    assert state is not None and state["global_step"] == 1
+    assert torch.equal(state["model"]["weight"], weights(1))
+
+
+def test_a_bit_flip_in_tensor_data_falls_back_to_the_previous_checkpoint(tmp_path):
+    save(tmp_path, 1)
+    newest = save(tmp_path, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean checkpoint loads without complaint
+        state = load_latest_checkpoint(tmp_path)
+    assert state["global_step"] == 2 and torch.equal(state["model"]["weight"], weights(2))
+    flip_a_bit_in_the_weights(newest, 2)
+    assert_falls_back_from(newest, tmp_path)
+
+
+def test_checkpoints_carry_crcs_even_when_torch_is_told_not_to_compute_them(tmp_path):
+    previous = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        save(tmp_path, 1)
+        newest = save(tmp_path, 2)
+    finally:
+        torch.serialization.set_crc32_options(previous)
+    flip_a_bit_in_the_weights(newest, 2)
+    assert_falls_back_from(newest, tmp_path)
