@@ -19,6 +19,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
@@ -53,6 +54,10 @@ AUTOCAST = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16
 
 PREEMPTION_POLL_STEPS = 10  # with several ranks; SLURM warns ahead of the kill (--signal=USR2@120)
 
+# keys a relaunch of a run dir may change: they do not change what the run computes
+RELAUNCH_MAY_CHANGE = ("run_dir", "logger", "trainer.progress", "trainer.num_threads", "trainer.keep_host_memory",
+                       "trainer.checkpoint_every", "trainer.keep_checkpoints")
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -80,13 +85,45 @@ def build_tokenizer(cfg: TrainConfig, stream: Stream, run_dir: Path, save: bool)
     return tokenizer
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """A reader (or a relaunch after a crash) sees the old file or the new one, never a part."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 def keep_metrics_until(path: Path, global_step: int) -> None:
     """On resume, drop metrics logged after the checkpoint, so each step appears once."""
     if path.exists():
         kept = [r for r in read_jsonl_metrics(path) if r["global_step"] <= global_step]
-        temporary = path.with_suffix(".jsonl.tmp")
-        temporary.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(temporary, path)
+        write_atomically(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def flat_config(cfg: DictConfig | TrainConfig) -> dict[str, Any]:
+    """{"trainer.lr": 0.001, ...}: every leaf of a config, enums as their names."""
+    def leaves(node: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix: node}
+        return {k: v for key, child in node.items() for k, v in leaves(child, f"{prefix}{key}.").items()}
+    container = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+    return {key.removesuffix("."): value for key, value in leaves(container, "").items()}
+
+
+def check_same_run(run_dir: Path, cfg: TrainConfig) -> None:
+    """A run dir holds one run: resuming or reusing it under another config would mix two runs'
+    checkpoints, metrics and results, and rewrite its config.yaml as if it were one."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved, current = flat_config(OmegaConf.load(saved_path)), flat_config(cfg)
+    # keys only one side has come from another version of lifelong: they are not compared
+    changed = sorted(key for key in saved.keys() & current.keys() if saved[key] != current[key]
+                     and not any(key == k or key.startswith(k + ".") for k in RELAUNCH_MAY_CHANGE))
+    if changed:
+        key = changed[0]
+        others = f"; {', '.join(changed[1:])} differ too" if changed[1:] else ""
+        raise ConfigError(key, current[key], f"{saved[key]!r}, the value {run_dir} was started with "
+                          f"(a run dir holds one run: give a new run another hydra.run.dir{others})")
 
 
 def stage_batches(blocks: torch.Tensor, steps: int, batch_size: int, seed: int) -> torch.Tensor:
@@ -144,11 +181,12 @@ def format_row(stage: int, row: list[dict[str, float | None]]) -> str:
 
 
 def checkpoint(run_dir: Path, env: DistEnv, tc: TrainerConfig, global_step: int, state: dict, model: nn.Module,
-               hooks: list[Method], matrices: dict, initial: list[dict]) -> None:
+               hooks: list[Method], matrices: dict, initial: list[dict], scaler: torch.amp.GradScaler) -> None:
     """Everything a resume needs besides `state` (position and optimizer); rank 0 writes."""
     if env.is_main:
         save_checkpoint(run_dir, global_step, {
             **state, "global_step": global_step, "model": model.state_dict(), "rng": rng_state(),
+            "scaler": scaler.state_dict(),
             "hooks": [h.state_dict() for h in hooks], "matrices": matrices, "initial": initial,
         }, tc.keep_checkpoints)
     if env.world_size > 1:
@@ -157,6 +195,7 @@ def checkpoint(run_dir: Path, env: DistEnv, tc: TrainerConfig, global_step: int,
 
 def train(cfg: TrainConfig) -> dict:
     run_dir = Path(cfg.run_dir)
+    check_same_run(run_dir, cfg)
     if (run_dir / "results.json").exists():  # a re-launched sweep skips finished runs
         print(f"{run_dir} is complete (results.json); nothing to do", flush=True)
         return json.loads((run_dir / "results.json").read_text())
@@ -205,6 +244,8 @@ def train(cfg: TrainConfig) -> dict:
     logger = build_logger(cfg, run_dir, env.is_main)
     metrics = DeferredMetrics(logger)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.trainer.precision is Precision.fp16)
+    if resume:  # fp16's loss scale carries across stages, so every checkpoint holds it
+        scaler.load_state_dict(resume["scaler"])
     preemption = Preemption().install()
     tc = cfg.trainer
     local_batch = tc.micro_batch_size * tc.grad_accum
@@ -234,7 +275,6 @@ def train(cfg: TrainConfig) -> dict:
         if resuming_mid_stage:
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
-            scaler.load_state_dict(resume["scaler"])
             window_loss += resume["window_loss"].to(device)
             set_rng_state(resume["rng"])
         start_step = first_step if resuming_mid_stage else 0
@@ -268,6 +308,7 @@ def train(cfg: TrainConfig) -> dict:
             norms.clip_(total_norm, tc.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
+            lr = scheduler.get_last_lr()[0]  # the rate this step used
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -275,7 +316,7 @@ def train(cfg: TrainConfig) -> dict:
                 steps_in_window = (step % tc.log_every) + 1
                 elapsed = time.perf_counter() - window_start
                 record = {"stage": t, "step": step + 1, "global_step": t * tc.steps_per_stage + step + 1,
-                          "lr": scheduler.get_last_lr()[0],
+                          "lr": lr,
                           "tokens_per_s": steps_in_window * step_batch * seq_len / elapsed}
                 # loss and norms stay on the device: they are written once they reach the host
                 values = torch.cat([(mean_across_ranks(window_loss) / steps_in_window).reshape(1),
@@ -287,10 +328,9 @@ def train(cfg: TrainConfig) -> dict:
                              and step + 1 < tc.steps_per_stage):
                 metrics.flush()  # the metrics file holds every step up to the checkpoint
                 state = {"stage": t, "step": step + 1, "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                         "window_loss": window_loss.detach().cpu()}
+                         "scheduler": scheduler.state_dict(), "window_loss": window_loss.detach().cpu()}
                 checkpoint(run_dir, env, tc, t * tc.steps_per_stage + step + 1, state, model, hooks, matrices,
-                           initial)
+                           initial, scaler)
             if preempted:
                 logger.close()
                 preemption.hand_over()
@@ -318,7 +358,12 @@ def train(cfg: TrainConfig) -> dict:
                              step=(t + 1) * tc.steps_per_stage)
         # the next stage starts from here: no optimizer state (each stage builds its own)
         checkpoint(run_dir, env, tc, (t + 1) * tc.steps_per_stage, {"stage": t + 1, "step": 0}, model, hooks,
-                   matrices, initial)
+                   matrices, initial, scaler)
+        # a signal during the stage's last steps or its evaluation would otherwise wait for the next
+        # stage's first poll, after TGL's tracing; the stage's checkpoint is written: hand over now
+        if t + 1 < num_stages and any_rank(preemption.requested, device):
+            logger.close()
+            preemption.hand_over()
 
     preemption.uninstall()
     logger.close()
@@ -334,7 +379,7 @@ def train(cfg: TrainConfig) -> dict:
     if accuracy_keys:  # stage x stage matrices of span accuracy, as the perplexity ones
         results["accuracy"] = {key: matrices[key] for key in accuracy_keys}
     if env.is_main:
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        write_atomically(run_dir / "results.json", json.dumps(results, indent=2))
     return results
 
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from lifelong.config import ConfigError
 from lifelong.data.stream import PROBE_SETS
 from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.train import train
@@ -75,6 +76,21 @@ def test_a_finished_run_is_not_trained_again(tmp_path, capsys):
     assert train(make_config(tmp_path / "run")) == first
     assert "is complete" in capsys.readouterr().out
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == lines
+
+
+def test_a_run_dir_is_not_reused_under_another_config(tmp_path):
+    first = train(make_config(tmp_path / "run", "data.num_stages=2"))
+    with pytest.raises(ConfigError, match=r"trainer\.lr=0\.05.*started with.*hydra\.run\.dir"):
+        train(make_config(tmp_path / "run", "data.num_stages=2", "trainer.lr=0.05"))
+    # what does not change the computation may change, as when a requeued job is relaunched
+    assert train(make_config(tmp_path / "run", "data.num_stages=2", "trainer.progress=true")) == first
+
+
+def test_the_logged_lr_is_the_one_the_step_used(tmp_path):
+    """Linear warmup over 3 of 6 steps: step k (1-based) of a stage trains at lr * k / 3."""
+    train(make_config(tmp_path / "run", "data.num_stages=2", "trainer.warmup_fraction=0.5", "trainer.lr=0.003"))
+    first_steps = [r["lr"] for r in read_jsonl_metrics(tmp_path / "run" / "metrics.jsonl")][:3]
+    assert first_steps == pytest.approx([0.001, 0.002, 0.003])
 
 
 def test_local_model_path_and_jsonl_stream(tmp_path):

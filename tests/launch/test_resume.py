@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,3 +104,45 @@ def test_only_the_last_k_checkpoints_are_kept(tmp_path):
     train(make_config(run_dir, *OVERRIDES[1:], "trainer.keep_checkpoints=2"))
     kept = sorted(p.name for p in checkpoint_dir(run_dir).glob("*"))
     assert kept == ["step_00000116.pt", "step_00000120.pt"]  # 3 stages x 40 steps; no temp files left
+
+
+def test_fp16_resume_at_a_stage_boundary_keeps_the_loss_scale(tmp_path):
+    """GradScaler's scale carries across stages. A steep lr makes steps overflow (and the model
+    diverge), so a resume that restarted the scale would skip other steps and log other losses."""
+    overrides = ["trainer.precision=fp16", "trainer.lr=1.0", "trainer.max_grad_norm=0", "data.num_stages=2",
+                 "trainer.checkpoint_every=2", "trainer.keep_checkpoints=100"]
+    reference = train(make_config(tmp_path / "reference", *overrides))
+    run_dir = tmp_path / "crashed"
+    shutil.copytree(tmp_path / "reference", run_dir)
+    (run_dir / "results.json").unlink()
+    for path in checkpoint_dir(run_dir).glob("step_*.pt"):
+        if path.name > "step_00000006.pt":  # keep up to the end of stage 0 (6 steps)
+            path.unlink()
+    resumed = train(make_config(run_dir, *overrides))
+    # as JSON, where NaN equals NaN
+    assert json.dumps(losses(run_dir)) == json.dumps(losses(tmp_path / "reference"))
+    assert json.dumps(resumed) == json.dumps(reference)
+
+
+SIGNAL_DURING_EVALUATION = """
+import os, signal, sys
+from lifelong.track.jsonl import JsonlLogger
+from lifelong.train import train
+from tests.conftest import make_config
+
+def log_table(self, *args, **kwargs):  # right after a stage's evaluation: SLURM's warning arrives
+    os.kill(os.getpid(), signal.SIGUSR2)
+
+JsonlLogger.log_table = log_table
+train(make_config(sys.argv[1]))
+"""
+
+
+def test_a_signal_during_evaluation_hands_over_at_the_stage_boundary(tmp_path):
+    """Not at the next stage's first poll, which may come after TGL's tracing (minutes on a big
+    model) and, with several ranks, up to PREEMPTION_POLL_STEPS steps later."""
+    done = subprocess.run([sys.executable, "-c", SIGNAL_DURING_EVALUATION, str(tmp_path / "run")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGUSR2, done.stderr[-2000:]
+    state = load_latest_checkpoint(tmp_path / "run")
+    assert (state["stage"], state["step"]) == (1, 0)
