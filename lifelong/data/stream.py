@@ -15,6 +15,9 @@ class Probe:
 
     text: str
     span: tuple[int, int]
+    # every valid filler of the span where there are several (TempLAMA lists a fact's answers);
+    # empty: the span's text is the one answer
+    answers: tuple[str, ...] = ()
 
     @classmethod
     def whole(cls, text: str) -> Probe:

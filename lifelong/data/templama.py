@@ -10,11 +10,18 @@ does not need.
 One stage per date. A fact is (subject QID, relation PID); at each date it is `new` when first
 seen, `changed` when its answer set differs from its previous date's, else `unchanged`. A
 stage's training text states its facts (the query with the first answer filled in); probes
-score the answer span. Changed and new facts are the temporal side of TGL's tracing.
+score the answer span, and carry all of the fact's answers: exact match and top-k take the best
+over them, as in TempLAMA. Changed and new facts are the temporal side of TGL's tracing.
+
+Some relations' queries put the object first (P286, P488, P6: "_X_ is the head coach of ...").
+A left-to-right LM has no prefix to complete there, so exact match and top-k leave those probes
+out (lifelong/eval/accuracy.py); their span perplexity is scored as any other's. Loading warns
+with their count.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from lifelong.data.jsonl import DataFormatError, numbered_jsonl
@@ -31,16 +38,22 @@ def answers(record: dict, where: str) -> list[str]:
     return [a["name"] for a in answer]
 
 
-def fill(query: str, obj: str, where: str) -> Probe:
+def fill(query: str, names: list[str], where: str) -> Probe:
+    """The query with the first answer in place of _X_; the probe lists all of them."""
     if "_X_" not in query:
         raise DataFormatError(f"{where}: query has no _X_ placeholder: {query!r}")
     start = query.index("_X_")
-    text = query.replace("_X_", obj, 1)
-    return Probe(text, (start, start + len(obj)))
+    text = query.replace("_X_", names[0], 1)
+    return Probe(text, (start, start + len(names[0])), tuple(names))
+
+
+def object_first(query: str) -> bool:
+    return not query[: query.index("_X_")].strip()
 
 
 def load_templama(files: list[Path], accuracy_top_k: int | None = 5) -> Stream:
-    by_date: dict[str, list[tuple[tuple[str, str], Probe, frozenset[str]]]] = {}
+    by_date: dict[str, list[tuple[tuple[str, str], Probe]]] = {}
+    first_relations: list[str] = []  # the relation of every object-first query
     for path in files:
         if not path.exists():
             raise FileNotFoundError(f"data.files: missing TempLAMA file: {path}")
@@ -49,16 +62,23 @@ def load_templama(files: list[Path], accuracy_top_k: int | None = 5) -> Stream:
             names = answers(record, where)
             parts = str(record["id"]).split("_")
             key = (parts[0], str(record["relation"]))
-            by_date.setdefault(str(record["date"]), []).append(
-                (key, fill(record["query"], names[0], where), frozenset(names)))
+            by_date.setdefault(str(record["date"]), []).append((key, fill(record["query"], names, where)))
+            if object_first(record["query"]):
+                first_relations.append(key[1])
+    if first_relations:
+        total = sum(map(len, by_date.values()))
+        warnings.warn(f"TempLAMA: {len(first_relations)} of {total} queries put the object first (relations "
+                      f"{', '.join(sorted(set(first_relations)))}): exact match and top-k leave them out, "
+                      "having no prefix to complete; their perplexity is scored", stacklevel=2)
     last: dict[tuple[str, str], frozenset[str]] = {}
     stages = []
     for date in sorted(by_date):
         probes: dict[str, list[Probe]] = {"changed": [], "unchanged": [], "new": []}
-        for key, probe, names in by_date[date]:
+        for key, probe in by_date[date]:
+            names = frozenset(probe.answers)
             kind = "new" if key not in last else "changed" if last[key] != names else "unchanged"
             probes[kind].append(probe)
             last[key] = names
-        stages.append(Stage(name=date, train=[p.text for _, p, _ in by_date[date]], probes=probes,
+        stages.append(Stage(name=date, train=[p.text for _, p in by_date[date]], probes=probes,
                             knowledge=probes["changed"] + probes["new"]))
     return Stream(stages, accuracy_top_k)

@@ -24,7 +24,7 @@ from lifelong.data.stream import Probe, Stage, Stream, TextFiles
 
 
 def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a CSV with a header; a missing column or a short row names the file and line."""
+    """Rows of a CSV with a header; a missing column or a short or long row names the file and line."""
     if not path.exists():
         raise FileNotFoundError(f"missing TemporalWiki file: {path}")
     with path.open(encoding="utf-8", newline="") as file:
@@ -36,6 +36,9 @@ def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
         for row in reader:
             if any(row.get(c) is None for c in columns):
                 raise DataFormatError(f"{path}:{reader.line_num}: row has fewer fields than the header")
+            if None in row:  # DictReader's key for the fields past the header's: an unquoted comma?
+                raise DataFormatError(f"{path}:{reader.line_num}: row has more fields than the header "
+                                      f"(extra: {row[None]}; quote a field that holds a comma)")
             rows.append(row)
     return rows
 

@@ -1,8 +1,13 @@
 """TempLAMA-style accuracy of the target span: greedy exact match and top-k of its first token.
 
-The prompt is the probe's text up to its target span (a cloze whose object comes last, as in
-TempLAMA's queries); greedy decoding continues it for as many tokens as the target has, and
-exact match compares the decoded text with the target, whitespace-stripped.
+The prompt is the probe's text up to its target span; greedy decoding continues it for as many
+tokens as an answer has, and exact match compares the decoded text with the answer,
+whitespace-stripped. A probe's answers are all of a fact's valid answers where it lists them
+(`Probe.answers`, as TempLAMA's do), else its span's text; as in TempLAMA's protocol a probe
+scores the best over its answers. A left-to-right LM completes a prefix only: text after the span is not seen,
+and a probe with nothing before its span (an object-first query such as TempLAMA's "_X_ is the
+head coach of ...") is left out of both shares -- decoding from the end-of-text token alone
+would score an unconditioned guess. The TempLAMA loader warns with their count.
 
 Probes are decoded in batches of one target length. Prompts are left-padded and masked:
 generate() derives position ids from the attention mask (cumsum - 1, GPT-2 and Llama alike), so
@@ -19,30 +24,39 @@ from lifelong.data.stream import Probe
 BATCH_SIZE = 32
 
 
-def encode(tokenizer, probe: Probe) -> tuple[list[int], list[int]]:
-    """(prompt ids, target ids) of a probe."""
-    start, end = probe.span
+def has_prompt(probe: Probe) -> bool:
+    """Whether there is text before the span for greedy decoding to continue."""
+    return bool(probe.text[: probe.span[0]].strip())
+
+
+def answers(probe: Probe) -> tuple[str, ...]:
+    """What a continuation is matched against: all of a fact's valid answers, else the span's text."""
+    return probe.answers or (probe.text[probe.span[0] : probe.span[1]],)
+
+
+def encode(tokenizer, probe: Probe, answer: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids) of a probe with `answer` in its span."""
+    start = probe.span[0]
     prompt = probe.text[:start].rstrip()
     prompt_ids = [tokenizer.eos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
     # the target as the model sees it after the prompt: with its leading space, if any
-    target_ids = tokenizer(probe.text[len(prompt):end], add_special_tokens=False)["input_ids"]
-    return prompt_ids, target_ids
+    target = probe.text[len(prompt) : start] + answer
+    return prompt_ids, tokenizer(target, add_special_tokens=False)["input_ids"]
 
 
 @torch.no_grad()
-def greedy_continuations(model: nn.Module, tokenizer, probes: list[Probe], device: torch.device, k: int = 5,
-                         batch_size: int = BATCH_SIZE) -> list[tuple[str, bool]]:
-    """Per probe, in order: (its greedy continuation of as many tokens as its target, decoded;
-    whether the target's first token is among the k most likely first tokens)."""
+def greedy_continuations(model: nn.Module, tokenizer, encoded: list[tuple[list[int], list[int]]],
+                         device: torch.device, k: int = 5, batch_size: int = BATCH_SIZE) -> list[tuple[str, bool]]:
+    """Per (prompt ids, target ids), in order: (the prompt's greedy continuation of as many tokens
+    as the target, decoded; whether the target's first token is among the k most likely first tokens)."""
     was_training = model.training
     model.eval()
-    encoded = [encode(tokenizer, probe) for probe in probes]
     # batches of one target length, so that each row decodes exactly as many steps as alone (and
     # never past a position it would not reach alone), sorted by prompt length for little padding
     by_steps: dict[int, list[int]] = {}
-    for i in sorted(range(len(probes)), key=lambda i: len(encoded[i][0])):
+    for i in sorted(range(len(encoded)), key=lambda i: len(encoded[i][0])):
         by_steps.setdefault(len(encoded[i][1]), []).append(i)
-    results: list[tuple[str, bool]] = [("", False)] * len(probes)
+    results: list[tuple[str, bool]] = [("", False)] * len(encoded)
     for steps, group in by_steps.items():
         for first in range(0, len(group), batch_size):
             rows = group[first : first + batch_size]
@@ -66,11 +80,16 @@ def greedy_continuations(model: nn.Module, tokenizer, probes: list[Probe], devic
 
 def span_accuracy(model: nn.Module, tokenizer, probes: list[Probe], device: torch.device,
                   k: int = 5) -> dict[str, float | None]:
-    """{"exact_match": share of probes whose greedy continuation is the target, "top_k": share
-    whose target's first token is among the k most likely next tokens}."""
-    if not probes:
+    """{"exact_match": share of probes whose greedy continuation is one of their answers, "top_k":
+    share with an answer's first token among the k most likely next tokens}, over the probes with
+    a prompt; None where there are none."""
+    scored = [probe for probe in probes if has_prompt(probe)]
+    if not scored:
         return {"exact_match": None, "top_k": None}
-    results = greedy_continuations(model, tokenizer, probes, device, k)
-    targets = (probe.text[probe.span[0] : probe.span[1]].strip() for probe in probes)
-    exact = sum(text.strip() == target for (text, _), target in zip(results, targets, strict=True))
-    return {"exact_match": exact / len(probes), "top_k": sum(hit for _, hit in results) / len(probes)}
+    pairs = [(i, answer) for i, probe in enumerate(scored) for answer in answers(probe)]
+    results = greedy_continuations(model, tokenizer, [encode(tokenizer, scored[i], a) for i, a in pairs], device, k)
+    exact, top = [False] * len(scored), [False] * len(scored)
+    for (i, answer), (text, hit) in zip(pairs, results, strict=True):
+        exact[i] |= text.strip() == answer.strip()
+        top[i] |= hit
+    return {"exact_match": sum(exact) / len(scored), "top_k": sum(top) / len(scored)}

@@ -1,7 +1,10 @@
 """Probe perplexity: NLL over each probe's target span, batched by length.
 
 perplexity = exp(mean over probes of the mean NLL of the probe's target tokens) -- the ECBD
-convention (DESIGN.md section 4); a probe without a span scores its whole sentence.
+convention (DESIGN.md section 4); a probe without a span scores its whole sentence. A probe
+longer than max_len keeps a window that ends at its span's end (tokens after the span do not
+change the span's NLL), so the span and the token that predicts its first token are kept; a
+span too long for that is a ValueError.
 """
 
 from __future__ import annotations
@@ -26,6 +29,19 @@ class EncodedProbes:
         return len(self.ids)
 
 
+def window(probe: Probe, ids: list[int], target: list[bool], max_len: int) -> slice:
+    """The positions kept of a probe's ids (EOS first): all if they fit, else at most max_len that
+    end at its span's last token. A span that does not fit with the token that predicts its first
+    is an error, not a silently partial score."""
+    if len(ids) <= max_len:
+        return slice(0, len(ids))
+    first, last = target.index(True), len(target) - 1 - target[::-1].index(True)
+    if last - first + 2 > max_len:
+        raise ValueError(f"probe target span {probe.span} of {probe.text!r} is {last - first + 1} tokens; with the "
+                         f"token that predicts its first, it does not fit in max_len={max_len} (data.seq_len)")
+    return slice(max(0, last + 1 - max_len), last + 1)
+
+
 def encode_probes(tokenizer, probes: list[Probe], max_len: int) -> EncodedProbes:
     if not probes:
         return EncodedProbes([], [])
@@ -38,8 +54,10 @@ def encode_probes(tokenizer, probes: list[Probe], max_len: int) -> EncodedProbes
         target = [s < end and e > start for s, e in offsets]
         if not any(target):
             raise ValueError(f"probe target span {probe.span} covers no token in {probe.text!r}")
-        ids.append([tokenizer.eos_token_id, *tokens][-max_len:])
-        targets.append([False, *target][-max_len:])
+        full_ids, full_target = [tokenizer.eos_token_id, *tokens], [False, *target]
+        kept = window(probe, full_ids, full_target, max_len)
+        ids.append(full_ids[kept])
+        targets.append(full_target[kept])
     return EncodedProbes(ids, targets)
 
 

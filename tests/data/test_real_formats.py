@@ -43,6 +43,10 @@ def test_temporalwiki_errors_name_the_path(tmp_path):
     bad.write_text("subject,relation,object\nParis,capital of,France\nBerlin,capital of\n")
     with pytest.raises(DataFormatError, match=rf"{bad}:3: row has fewer fields"):
         load_temporalwiki(root, ["0809"], "sentence")
+    # an unquoted comma splits the object: an error, not "Paris Saint-Germain" silently
+    bad.write_text("subject,relation,object\nLionel Messi,member of sports team,Paris Saint-Germain, F.C.\n")
+    with pytest.raises(DataFormatError, match=rf"{bad}:2: row has more fields than the header \(extra: \[' F.C.'\]"):
+        load_temporalwiki(root, ["0809"], "sentence")
 
 
 def test_templama_years_and_change_kinds():
@@ -56,6 +60,22 @@ def test_templama_years_and_change_kinds():
     assert changed.text[slice(*changed.span)] == "Paris Saint-Germain"
     assert second.probes["unchanged"][0].text[slice(*second.probes["unchanged"][0].span)] == "Chancellor of Germany"
     assert len(second.knowledge) == 2  # changed + new
+
+
+def test_templama_probes_carry_all_answers_and_object_first_queries_warn(tmp_path):
+    path = tmp_path / "t.json"
+    coach = {"query": "_X_ is the head coach of Arsenal F.C..", "date": "2010", "id": "Q9617_P286_2010",
+             "relation": "P286", "answer": [{"wikidata_id": "Q1", "name": "Arsene Wenger"}]}
+    teams = {"query": "Lionel Messi plays for _X_.", "date": "2010", "id": "Q615_P54_2010", "relation": "P54",
+             "answer": [{"wikidata_id": "Q7156", "name": "FC Barcelona"},
+                        {"wikidata_id": "Q10467", "name": "Argentina national football team"}]}
+    path.write_text(f"{json.dumps(coach)}\n{json.dumps(teams)}\n")
+    with pytest.warns(UserWarning, match=r"1 of 2 queries put the object first \(relations P286\)"):
+        stream = load_templama([path])
+    first, fact = stream.stages[0].probes["new"]
+    assert (first.text, first.span) == ("Arsene Wenger is the head coach of Arsenal F.C..", (0, len("Arsene Wenger")))
+    assert fact.text[slice(*fact.span)] == "FC Barcelona"  # the text states the first answer
+    assert fact.answers == ("FC Barcelona", "Argentina national football team")
 
 
 def test_templama_malformed_line_names_file_and_line(tmp_path):
@@ -103,7 +123,8 @@ def test_ecbd_bad_gold_span_names_file_and_line(tmp_path):
 
 @pytest.mark.parametrize(
     "overrides",
-    [["data=temporalwiki", f"data.root={FIXTURES / 'temporalwiki'}", "data.stages=[0809,0910]"],
+    # TemporalWiki scores whole sentences, over 32 tokens at this vocabulary: a probe must fit in seq_len
+    [["data=temporalwiki", f"data.root={FIXTURES / 'temporalwiki'}", "data.stages=[0809,0910]", "data.seq_len=64"],
      ["data=templama", f"data.files=[{FIXTURES / 'templama' / 'test.json'}]"],
      ["data=ecbd", f"data.root={FIXTURES / 'ecbd'}", "data.years=[2019,2020]"],
      ["data=jsonl", f"data.path={FIXTURES / 'jsonl'}"]],
@@ -112,8 +133,8 @@ def test_ecbd_bad_gold_span_names_file_and_line(tmp_path):
 def test_each_dataset_trains_end_to_end(tmp_path, overrides):
     from lifelong.train import train
 
-    cfg = compose_train_config(["experiment=smoke", *overrides, "data.seq_len=32", "data.vocab_size=300",
-                                "trainer.steps_per_stage=2"], run_dir=str(tmp_path))
+    cfg = compose_train_config(["experiment=smoke", "data.seq_len=32", "data.vocab_size=300",
+                                "trainer.steps_per_stage=2", *overrides], run_dir=str(tmp_path))
     results = train(cfg)
     assert len(results["stages"]) == 2
     if "data=templama" in overrides:  # TempLAMA's protocol adds span accuracy matrices

@@ -1,5 +1,5 @@
-"""Greedy exact match and top-k on a model that memorized one fact, by hand; batched decoding
-equals decoding each probe alone."""
+"""Greedy exact match and top-k on a model that memorized one fact, by hand; a fact scores its
+best answer and object-first probes are left out; batched decoding equals decoding each probe alone."""
 
 from __future__ import annotations
 
@@ -25,21 +25,49 @@ def memorize(model, tokenizer, texts: list[str], steps: int) -> None:
         optimizer.zero_grad()
 
 
-def test_memorized_fact_is_exact_and_a_wrong_target_is_not():
-    text = "Lionel Messi plays for Paris Saint-Germain."
-    tokenizer = train_tokenizer([text, "Ana lives in Rome."] * 20, 300)
+MESSI = "Lionel Messi plays for Paris Saint-Germain."
+
+
+@pytest.fixture(scope="module")
+def messi_model():
+    """A tiny model that memorized MESSI, and its tokenizer."""
+    tokenizer = train_tokenizer([MESSI, "Ana lives in Rome.", "FC Barcelona is where Lionel Messi plays."] * 20, 300)
     torch.manual_seed(0)
     model = build_model(ModelConfig(n_layer=2, d_model=64, n_head=2, d_ff=128, max_seq_len=32), tokenizer)
-    memorize(model, tokenizer, [text], 60)
-    start = text.index("Paris")
-    right = Probe(text, (start, start + len("Paris Saint-Germain")))
-    wrong_text = "Lionel Messi plays for Rome United."
-    wrong = Probe(wrong_text, (wrong_text.index("Rome"), len(wrong_text) - 1))
+    memorize(model, tokenizer, [MESSI], 60)
+    return model, tokenizer
+
+
+def test_memorized_fact_is_exact_and_a_wrong_target_is_not(messi_model):
+    model, tokenizer = messi_model
+    right = probe(MESSI, "Paris Saint-Germain")
+    wrong = probe("Lionel Messi plays for Rome United.", "Rome United")
     device = torch.device("cpu")
     assert span_accuracy(model, tokenizer, [right], device, k=1) == {"exact_match": 1.0, "top_k": 1.0}
     both = span_accuracy(model, tokenizer, [right, wrong], device, k=1)
     assert both == {"exact_match": 0.5, "top_k": 0.5}
     assert span_accuracy(model, tokenizer, [], device) == {"exact_match": None, "top_k": None}
+
+
+def test_a_fact_scores_its_best_answer(messi_model):
+    model, tokenizer = messi_model
+    text = "Lionel Messi plays for FC Barcelona."  # the probe states the answer the model did not memorize
+    span = (text.index("FC"), len(text) - 1)
+    device = torch.device("cpu")
+    other = Probe(text, span, ("FC Barcelona",))
+    both = Probe(text, span, ("FC Barcelona", "Paris Saint-Germain"))
+    assert span_accuracy(model, tokenizer, [other], device, k=1) == {"exact_match": 0.0, "top_k": 0.0}
+    assert span_accuracy(model, tokenizer, [both], device, k=1) == {"exact_match": 1.0, "top_k": 1.0}
+
+
+def test_object_first_probes_are_left_out(messi_model):
+    model, tokenizer = messi_model
+    right = probe(MESSI, "Paris Saint-Germain")
+    text = "FC Barcelona is where Lionel Messi plays."
+    first = Probe(text, (0, len("FC Barcelona")))  # no prefix: decoding it would be an unconditioned guess
+    device = torch.device("cpu")
+    assert span_accuracy(model, tokenizer, [right, first], device, k=1) == {"exact_match": 1.0, "top_k": 1.0}
+    assert span_accuracy(model, tokenizer, [first], device, k=1) == {"exact_match": None, "top_k": None}
 
 
 FACTS = [  # (sentence, its object): prompts of 3 to 9 words, objects of 1 to 3 words
@@ -85,12 +113,13 @@ def test_batched_decoding_equals_one_probe_at_a_time(tmp_path: Path, model_prese
         reference.append((tokenizer.decode(out.sequences[0, ids.shape[1] :].tolist()),
                           target_ids[0] in out.scores[0][0].topk(2).indices.tolist()))
     exact = [text.strip() == p.text[p.span[0] : p.span[1]] for (text, _), p in zip(reference, probes, strict=True)]
+    encoded = [encode(tokenizer, p, p.text[slice(*p.span)]) for p in probes]
     # the check has teeth: prompts and targets of several lengths, hits and misses of both kinds
-    assert len({len(encode(tokenizer, p)[0]) for p in probes}) >= 4
-    assert len({len(encode(tokenizer, p)[1]) for p in probes}) >= 3
+    assert len({len(prompt) for prompt, _ in encoded}) >= 4
+    assert len({len(target) for _, target in encoded}) >= 3
     assert 0 < sum(exact) < len(probes) and 0 < sum(hit for _, hit in reference) < len(probes)
 
     for batch_size in (3, len(probes)):  # several batches per target length; one, of all prompt lengths
-        assert greedy_continuations(model, tokenizer, probes, device, k=2, batch_size=batch_size) == reference
+        assert greedy_continuations(model, tokenizer, encoded, device, k=2, batch_size=batch_size) == reference
     assert span_accuracy(model, tokenizer, probes, device, k=2) == {
         "exact_match": sum(exact) / len(probes), "top_k": sum(hit for _, hit in reference) / len(probes)}
