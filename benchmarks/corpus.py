@@ -30,7 +30,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def write_corpus(path: Path, megabytes: int, seed: int = 0) -> int:
     """Paragraphs of 5-40 sentences from the large synthetic world, until the file has `megabytes` MB."""
-    sentences = list(compose_train_config(["data=synthetic_large"]).data.build().all_text())
+    sentences = list(compose_train_config(["data=synthetic_large", "model.max_seq_len=512"]).data.build().all_text())
     rng = random.Random(seed)
     written = documents = 0
     with path.open("w", encoding="utf-8") as file:

@@ -9,15 +9,25 @@ launched, so a bad override fails in the parent process with the key and what is
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
+if TYPE_CHECKING:
+    import argparse
+
+    from hydra.core.config_search_path import ConfigSearchPath
+    from hydra.errors import OverrideParseException
+
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+TRAIN_FILE = Path(__file__).resolve().parent / "train.py"  # declares hydra.main: -cp is relative to it
 
 
 class ConfigError(ValueError):
@@ -72,6 +82,26 @@ class ModelConfig:
         require(self.d_model % self.n_head == 0, "model.n_head", self.n_head, "a divisor of model.d_model")
         require(0 <= self.dropout < 1, "model.dropout", self.dropout, "a float in [0, 1)")
 
+    def position_limit(self) -> tuple[int, str] | None:
+        """The longest input the model takes and where that is set; None when unknown yet (a
+        local model without a readable config.json: building it reports that)."""
+        if not self.path:
+            return self.max_seq_len, "model.max_seq_len"
+        return _local_position_limit(Path(self.path) / "config.json")
+
+
+# GPT-2 names its number of positions n_positions (n_ctx in old files), most others max_position_embeddings
+_POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")
+
+
+def _local_position_limit(config_file: Path) -> tuple[int, str] | None:
+    try:
+        hf_config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return None
+    key = next((k for k in _POSITION_KEYS if isinstance(hf_config.get(k), int)), None)
+    return (hf_config[key], f"{key} in model.path's config.json") if key else None
+
 
 # --- data ------------------------------------------------------------------------------------
 
@@ -115,6 +145,9 @@ class SyntheticDataConfig:
             "trained or heldout",
         )
 
+    def stage_count(self) -> int | None:
+        return self.num_stages
+
     def input_paths(self) -> dict[str, list[str]]:
         return {}  # generated in-process
 
@@ -135,6 +168,11 @@ class JsonlDataConfig:
     def __post_init__(self) -> None:
         require(self.seq_len > 0, "data.seq_len", self.seq_len, "an integer > 0")
         require(self.vocab_size >= 300, "data.vocab_size", self.vocab_size, "an integer >= 300")
+
+    def stage_count(self) -> int | None:
+        """One stage per sub-directory of data.path (as load_stream reads it); None if it is absent."""
+        root = Path(self.path)
+        return sum(p.is_dir() for p in root.iterdir()) if root.is_dir() else None
 
     def input_paths(self) -> dict[str, list[str]]:
         return {"data.path": [self.path]}
@@ -161,6 +199,9 @@ class TemporalWikiDataConfig:
         require(all(len(s) == 4 and s.isdigit() for s in self.stages), "data.stages", list(self.stages),
                 "month pairs such as 0809")
 
+    def stage_count(self) -> int | None:
+        return len(self.stages)
+
     def input_paths(self) -> dict[str, list[str]]:
         return {"data.root": [self.root]}
 
@@ -181,6 +222,9 @@ class TempLAMADataConfig:
     def __post_init__(self) -> None:
         require(self.accuracy_top_k is None or self.accuracy_top_k > 0, "data.accuracy_top_k",
                 self.accuracy_top_k, "an integer > 0 or null")
+
+    def stage_count(self) -> int | None:
+        return None  # one stage per distinct `date` in the files: known once they are loaded
 
     def input_paths(self) -> dict[str, list[str]]:
         return {"data.files": list(self.files)}
@@ -204,6 +248,9 @@ class ECBDDataConfig:
     def __post_init__(self) -> None:
         require(self.spans in ("np", "random"), "data.spans", self.spans, "np or random")
         require(self.split in ("dev", "test"), "data.split", self.split, "dev or test")
+
+    def stage_count(self) -> int | None:
+        return len(self.years)
 
     def input_paths(self) -> dict[str, list[str]]:
         return {"data.root": [self.root]}
@@ -364,6 +411,24 @@ class TrainConfig:
     logger: Any = MISSING
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
+    def __post_init__(self) -> None:
+        limit = self.model.position_limit()
+        if limit is not None:  # beyond it GPT-2's position embedding has no row (an IndexError mid-run)
+            require(self.data.seq_len <= limit[0], "data.seq_len", self.data.seq_len,
+                    f"an integer in [1, {limit[0]}], the model's longest input ({limit[1]})")
+        stages = self.data.stage_count()
+        if stages is not None:
+            self.check_stage_count(stages)
+
+    def check_stage_count(self, num_stages: int) -> None:
+        """A `from_stage` past the stream's last stage would never start LoRA / TGL: the run
+        would silently be plain fine-tuning."""
+        for group in ("method", "tgl"):
+            from_stage = getattr(getattr(self, group), "from_stage", None)
+            if from_stage is not None:
+                require(from_stage < num_stages, f"{group}.from_stage", from_stage,
+                        f"an integer in [0, {num_stages - 1}]: the stream has {num_stages} stages")
+
 
 register(None, "train_schema", TrainConfig)
 register("model", "model", ModelConfig)
@@ -418,28 +483,66 @@ def _job_overrides(args: list[str]) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def compose(overrides: list[str], config_name: str = "train") -> DictConfig:
+@dataclass(frozen=True)
+class ConfigSource:
+    """What Hydra composes: the primary config and where it searches (lifelong-train's
+    -cn / -cp / -cd flags)."""
+
+    name: str = "train"  # -cn
+    path: str | None = None  # -cp: replaces conf/; absolute, pkg://, or relative to lifelong/
+    extra_dir: str | None = None  # -cd: searched before conf/ (and the schemas)
+
+    def search_path(self) -> ConfigSearchPath:
+        """The search path Hydra builds for lifelong-train (hydra/_internal/utils.py, _run_hydra)."""
+        from hydra._internal.utils import compute_search_path_dir, create_config_search_path
+        from hydra.core.config_search_path import SearchPathQuery
+
+        main = compute_search_path_dir(str(TRAIN_FILE), None, self.path) if self.path else str(CONF_DIR)
+        search_path = create_config_search_path(main)
+        if self.extra_dir:
+            search_path.prepend("command-line", f"file://{Path(self.extra_dir).resolve()}",
+                                anchor=SearchPathQuery(provider="schema"))
+        return search_path
+
+
+@contextmanager
+def _hydra_initialized(source: ConfigSource) -> Iterator[None]:
+    """hydra.initialize_config_dir, with lifelong-train's whole search path rather than one dir."""
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    backup = get_gh_backup()
+    version.setbase("1.3")
+    Hydra.create_main_hydra2(task_name="lifelong", config_search_path=source.search_path())
+    try:
+        yield
+    finally:
+        restore_gh_from_backup(backup)
+
+
+def compose(overrides: list[str], source: ConfigSource = ConfigSource()) -> DictConfig:
     """Compose like `lifelong-train` would, without running anything."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
 
     import lifelong.methods  # noqa: F401
     import lifelong.tgl  # noqa: F401
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="lifelong"):
-        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    with _hydra_initialized(source):
+        return hydra_compose(config_name=source.name, overrides=overrides, return_hydra_config=True)
 
 
-def compose_train_config(overrides: list[str], run_dir: str = ".", config_name: str = "train") -> TrainConfig:
+def compose_train_config(overrides: list[str], run_dir: str = ".",
+                         source: ConfigSource = ConfigSource()) -> TrainConfig:
     """The typed, validated config of one job, composed outside a Hydra run."""
-    cfg = compose(overrides, config_name)
+    cfg = compose(overrides, source)
     with open_dict(cfg):
         del cfg["hydra"]
     cfg.run_dir = str(run_dir)  # the Hydra run dir exists only once a job runs
     return to_train_config(cfg)
 
 
-def _explain(error: Exception, overrides: list[str]) -> ConfigError:
+def _explain(error: Exception, overrides: list[str], source: ConfigSource) -> ConfigError:
     """Turn a Hydra / OmegaConf composition error into a ConfigError naming key and allowed."""
     import re
 
@@ -449,16 +552,18 @@ def _explain(error: Exception, overrides: list[str]) -> ConfigError:
     option = re.search(r"Could not find '([\w/]+)/(\w+)'", message)
     if option:  # an unknown option of a group; Hydra's message lists the available ones
         return ConfigError(option.group(1).replace("/", "."), option.group(2), message)
+    if f"Cannot find primary config '{source.name}'" in message:  # -cn names no config
+        return ConfigError("--config-name", source.name, "a config in the search path: " + message)
     key = re.search(r"full_key: ([\w.]+)", message) or re.search(r"override '\+?([\w.]+)", message)
     name = key.group(1) if key else "<overrides>"
-    return ConfigError(name, " ".join(overrides), message + _allowed_keys_hint(name, overrides))
+    return ConfigError(name, " ".join(overrides), message + _allowed_keys_hint(name, overrides, source))
 
 
-def _allowed_keys_hint(key: str, overrides: list[str]) -> str:
+def _allowed_keys_hint(key: str, overrides: list[str], source: ConfigSource) -> str:
     """For an unknown key, list the keys its parent node does have."""
     parent, _, _ = key.rpartition(".")
     try:
-        node = compose([o for o in overrides if key not in o])
+        node = compose([o for o in overrides if key not in o], source)
     except Exception:
         return ""
     node = OmegaConf.select(node, parent) if parent else node
@@ -468,32 +573,81 @@ def _allowed_keys_hint(key: str, overrides: list[str]) -> str:
     return f"\nAllowed keys under '{parent or '<root>'}': {keys}"
 
 
-def validate_command_line(args: list[str], config_name: str = "train") -> int:
-    """Compose and check every job the command line describes. Returns the number of jobs.
+def _parse_command_line(args: list[str]) -> argparse.Namespace:
+    """Read the command line with Hydra's own parser, so every flag form (`-cn x`, `-cn=x`,
+    `--config-name=x`) means what it will mean to Hydra; a usage error is a ConfigError."""
+    from hydra._internal.utils import get_args_parser
 
-    Raises ConfigError (with the key and what is allowed) on the first bad job.
-    """
+    parser = get_args_parser()
+
+    def usage_error(message: str) -> None:
+        raise ConfigError("<command line>", " ".join(args), f"Hydra's flags (-m, -cn NAME, -cd DIR, ...) "
+                          f"before the key=value overrides ({message}; see lifelong-train --hydra-help)")
+
+    parser.error = usage_error  # type: ignore[method-assign]  # instead of printing usage and exiting
+    parsed = parser.parse_args(args)
+    for flag, value in (("--config-dir", parsed.config_dir), ("--config-path", parsed.config_path)):
+        if value is not None and not value.startswith("pkg://"):
+            directory = Path(value) if flag == "--config-dir" else TRAIN_FILE.parent / value
+            require(directory.is_dir(), flag, value, f"an existing directory ({directory} is not one)")
+    return parsed
+
+
+def _override_error(error: OverrideParseException) -> ConfigError:
+    """One line for an argument Hydra cannot read as an override (its message spans several)."""
+    key, equals, _ = error.override.partition("=")
+    reasons = [line.strip() for line in str(error).splitlines()  # less its caret line and doc link
+               if line.strip(" ^") and not line.startswith(("Error parsing override", "See "))]
+    return ConfigError(key.lstrip("+~") if equals else "<override>", error.override,
+                       f"key=value in Hydra's override grammar, after the flags ({'; '.join(reasons)})")
+
+
+def _runs_no_job(parsed: argparse.Namespace) -> bool:
+    """Help, --cfg, --info, shell completion and reruns compose (and report) on their own."""
+    return bool(parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.shell_completion
+                or parsed.experimental_rerun)
+
+
+def _jobs(overrides: list[str], multirun: bool, source: ConfigSource) -> list[list[str]]:
+    """The overrides of every job; a multirun sweeps its preset's hydra.sweeper.params too."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = [a for a in args if not a.startswith("-")]
-    if "-m" in args or "--multirun" in args:  # a preset's hydra.sweeper.params sweep too
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
+    if multirun:
         parsed = OverridesParser.create().parse_overrides(overrides)
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
         try:
-            params = compose(fixed, config_name).hydra.sweeper.params or {}
+            params = compose(fixed, source).hydra.sweeper.params or {}
         except (HydraException, OmegaConfBaseException) as error:
-            raise _explain(error, overrides) from error
+            raise _explain(error, overrides, source) from error
         given = {o.split("=")[0].lstrip("+~") for o in overrides}
         overrides = overrides + [f"{key}={value}" for key, value in params.items() if key not in given]
-    jobs = _job_overrides(overrides)
+    return _job_overrides(overrides)
+
+
+def validate_command_line(args: list[str]) -> int:
+    """Compose and check every job the command line describes, honouring Hydra's flags.
+    Returns the number of jobs (0 for a command that runs none).
+
+    Raises ConfigError (with the key and what is allowed) on the first bad job.
+    """
+    from hydra.errors import HydraException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    parsed = _parse_command_line(args)
+    if _runs_no_job(parsed):
+        return 0
+    source = ConfigSource(parsed.config_name or "train", parsed.config_path, parsed.config_dir)
+    try:
+        jobs = _jobs(parsed.overrides, parsed.multirun, source)
+    except OverrideParseException as error:
+        raise _override_error(error) from error
     for job in jobs:
         try:
-            cfg = compose_train_config(job, config_name=config_name)
+            cfg = compose_train_config(job, source=source)
         except (HydraException, OmegaConfBaseException) as error:
-            raise _explain(error, job) from error
+            raise _explain(error, job, source) from error
         check_input_paths(cfg)
     return len(jobs)
 

@@ -219,6 +219,7 @@ def train(cfg: TrainConfig) -> dict:
         keep_metrics_until(run_dir / "metrics.jsonl", resume["global_step"] if resume else 0)
 
     stream = cfg.data.build()
+    cfg.check_stage_count(len(stream.stages))  # TempLAMA's stages are known only once it is loaded
     tokenizer = build_tokenizer(cfg, stream, run_dir, save=env.is_main)
     model = build_model(cfg.model, tokenizer)
     hooks: list[Method] = [cfg.method.build(), cfg.tgl.build()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -20,7 +21,8 @@ REQUIRED = {
     ("data", "jsonl"): [f"data.path={FIXTURES / 'jsonl'}"],
     ("cluster", "example"): ["hydra/launcher=submitit_slurm"],
     ("experiment", "paper_main"): [f"model.path={MODEL_DIR}", f"data.path={FIXTURES / 'jsonl'}"],
-    ("data", "temporalwiki"): [f"data.root={FIXTURES / 'temporalwiki'}"],
+    ("data", "temporalwiki"): [f"data.root={FIXTURES / 'temporalwiki'}", "model.max_seq_len=512"],
+    ("data", "synthetic_large"): ["model.max_seq_len=512"],  # its 512-token blocks need as many positions
     ("data", "templama"): [f"data.files=[{FIXTURES / 'templama' / 'test.json'}]"],
     ("data", "ecbd"): [f"data.root={FIXTURES / 'ecbd'}"],
 }
@@ -77,6 +79,16 @@ def test_a_presets_sweeper_params_are_validated_too():
         (["data=templama", f"data.files=[{FIXTURES / 'templama' / 'test.json'},/absent/t.json]"], "data.files",
          "/absent/t.json"),
         (["model=local", "model.path=gpt2"], "model.path", "set model.path"),  # a hub id, offline
+        (["data.seq_len=256"], "data.seq_len", "[1, 128], the model's longest input (model.max_seq_len)"),
+        (["method=lora", "method.from_stage=4"], "method.from_stage", "[0, 3]"),
+        (["tgl=freeze", "data.num_stages=2", "tgl.from_stage=2"], "tgl.from_stage", "[0, 1]"),
+        (["data=jsonl", f"data.path={FIXTURES / 'jsonl'}", "method=lora_migu", "method.from_stage=2"],
+         "method.from_stage", "[0, 1]"),  # one stage per sub-directory
+        (["foo"], "<override>", "missing EQUAL"),
+        (["trainer.lr=[1,2"], "trainer.lr", "override grammar"),
+        (["seed=1", "-m", "seed=2"], "<command line>", "unrecognized arguments: seed=2"),
+        (["-cn", "nope"], "--config-name", "Cannot find primary config 'nope'"),
+        (["-cd", "/absent/conf", "seed=1"], "--config-dir", "an existing directory"),
     ],
 )
 def test_bad_config_names_key_and_allowed(overrides, key, allowed):
@@ -86,15 +98,40 @@ def test_bad_config_names_key_and_allowed(overrides, key, allowed):
     assert key in str(error.value) and allowed in str(error.value)
 
 
-def test_cli_rejects_bad_config_before_running(tmp_path):
+@pytest.mark.parametrize(("arg", "expected"), [("trainer.lr=-1", "> 0"), ("foo", "missing EQUAL")])
+def test_cli_rejects_bad_config_before_running(tmp_path, arg, expected):
     run_dir = tmp_path / "run"
     done = subprocess.run(
-        [sys.executable, "-m", "lifelong.train", "trainer.lr=-1", f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-m", "lifelong.train", arg, f"hydra.run.dir={run_dir}"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 2
-    assert "trainer.lr" in done.stderr and "> 0" in done.stderr
+    assert done.stderr.startswith("Config error:") and len(done.stderr.strip().splitlines()) == 1  # no traceback
+    assert arg.partition("=")[0] in done.stderr and expected in done.stderr
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("key", ["n_positions", "max_position_embeddings"])
+def test_a_local_models_config_json_bounds_seq_len(tmp_path, key):
+    (tmp_path / "config.json").write_text(json.dumps({key: 256}))
+    local = ["model=local", f"model.path={tmp_path}"]
+    assert validate_command_line([*local, "data.seq_len=256"]) == 1  # the preset's model.max_seq_len is ignored
+    with pytest.raises(ConfigError, match=rf"\[1, 256\].*{key} in model.path") as error:
+        validate_command_line([*local, "data.seq_len=257"])
+    assert error.value.key == "data.seq_len"
+
+
+def test_hydras_config_flags_are_honoured(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\ntrainer:\n  steps_per_stage: 2\n")
+    (tmp_path / "experiment" / "bad.yaml").write_text("# @package _global_\ntrainer:\n  lr: -1\n")
+    for flags in (["-cn", "train"], ["-cn=train"], ["--config-name=train"], ["-cp", str(CONF_DIR)],
+                  [f"--config-path={CONF_DIR}"]):
+        assert validate_command_line([*flags, "-m", "seed=1,2"]) == 2, flags
+    for flags in (["-cd", str(tmp_path)], [f"--config-dir={tmp_path}"]):
+        assert validate_command_line([*flags, "experiment=mine"]) == 1, flags
+        with pytest.raises(ConfigError, match="trainer.lr"):  # the extra directory's configs are checked too
+            validate_command_line([*flags, "experiment=bad"])
 
 
 def test_every_yaml_starts_with_its_command():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from enum import Enum
 
 
@@ -14,10 +15,20 @@ class Rule(Enum):
 
 def select_layers(layers: list[str], relative: list[float], rule: Rule, k: int = 1,
                   fraction: float = 0.5) -> list[str]:
-    """Selected layers in model order; ties at the cut are broken by model order."""
+    """Selected layers in model order; ties at the cut are broken by model order. Never empty:
+    freezing every layer would leave a stage nothing to train."""
     if rule is Rule.above_mean:
         mean = sum(relative) / len(relative)
-        return [layer for layer, r in zip(layers, relative, strict=True) if r > mean]
-    count = k if rule is Rule.top_k else math.ceil(fraction * len(layers))
+        above = [layer for layer, r in zip(layers, relative, strict=True) if r > mean]
+        if above:
+            return above
+        # all r equal (e.g. a single traced layer): none exceeds the mean
+        warnings.warn(f"TGL rule above_mean selected no layer of {layers} (every relative gradient norm equals "
+                      "the mean); updating the top-1 layer instead", stacklevel=2)
+        return _top(layers, relative, 1)
+    return _top(layers, relative, k if rule is Rule.top_k else math.ceil(fraction * len(layers)))
+
+
+def _top(layers: list[str], relative: list[float], count: int) -> list[str]:
     ranked = sorted(range(len(layers)), key=lambda i: -relative[i])[: min(count, len(layers))]
     return [layers[i] for i in sorted(ranked)]

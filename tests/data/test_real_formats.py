@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lifelong.config import compose_train_config
+from lifelong.config import ConfigError, compose_train_config
 from lifelong.data.corpus import load_corpus
 from lifelong.data.ecbd import load_ecbd
 from lifelong.data.jsonl import DataFormatError
@@ -143,3 +143,15 @@ def test_each_dataset_trains_end_to_end(tmp_path, overrides):
         assert top_k[1][0] is None and 0 <= top_k[1][1] <= 1  # the first year changes nothing
     else:
         assert "accuracy" not in results
+
+
+def test_a_from_stage_past_templamas_dates_is_an_error_before_training(tmp_path):
+    """TempLAMA's stages are its distinct dates, known only once loaded: train checks there."""
+    from lifelong.train import train
+
+    files = f"data.files=[{FIXTURES / 'templama' / 'test.json'}]"
+    cfg = compose_train_config(["experiment=smoke", "data=templama", files, "method=lora", "method.from_stage=2"],
+                               run_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"method\.from_stage=2.*the stream has 2 stages"):
+        train(cfg)
+    assert not (tmp_path / "metrics.jsonl").exists()

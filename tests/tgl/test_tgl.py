@@ -127,7 +127,10 @@ def test_selection_rules_on_hand_built_profiles():
     assert select_layers(layers, relative, Rule.above_mean) == ["layer_00", "layer_01"]
     assert select_layers(layers, relative, Rule.top_k, k=3) == ["layer_00", "layer_01", "final_norm"]
     assert select_layers(layers, relative, Rule.top_fraction, fraction=0.2) == ["layer_00"]
-    assert select_layers(layers, [1.0] * 5, Rule.above_mean) == []
+    with pytest.warns(UserWarning, match="selected no layer"):  # none above the mean: the top-1, never none
+        assert select_layers(layers, [1.0] * 5, Rule.above_mean) == ["embed"]
+    with pytest.warns(UserWarning, match="selected no layer"):
+        assert select_layers(["layer_00"], [4.1], Rule.above_mean) == ["layer_00"]
 
 
 def test_freeze_keeps_unselected_layers_bit_identical(setup, tmp_path):
@@ -183,6 +186,16 @@ def test_every_method_composes_with_tgl(tmp_path, method, tgl):
                                 "trainer.steps_per_stage=3"))
     assert results["probe_sets"]["changed"]["final"] > 0
     assert (tmp_path / "run" / "trace_stage_1.json").exists()
+
+
+def test_freeze_with_a_single_traced_layer_trains_it(tmp_path):
+    """LoRA on a one-block model traces one row, which equals the mean: freeze must not freeze it too."""
+    with pytest.warns(UserWarning, match="selected no layer"):
+        results = train(make_config(tmp_path / "run", "method=lora", "tgl=freeze", "model.n_layer=1",
+                                    "data.num_stages=2", "trainer.steps_per_stage=3"))
+    trace = json.loads((tmp_path / "run" / "trace_stage_1.json").read_text())
+    assert trace["layers"] == trace["selected"] == ["layer_00"]
+    assert results["probe_sets"]["changed"]["final"] > 0
 
 
 def test_a_traced_run_that_freezes_nothing_trains_exactly_like_no_tgl(tmp_path):
