@@ -36,34 +36,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs = collect_runs(args.sweep_dir)
-    means, stds, missing = build_table(runs, args.table)
-    if missing and not args.allow_missing:
+    table = build_table(runs, args.table)
+    if table.missing and not args.allow_missing:
         print("Missing or failed runs (use --allow-missing to report without them):", file=sys.stderr)
-        for cell in missing:
-            print(f"  {cell}", file=sys.stderr)
+        for line in table.missing:
+            print(f"  {line}", file=sys.stderr)
         return 1
     out = args.out or args.sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    incomplete = {f"{r.method} / {r.tgl}" for r in runs if r.results is None}
     written = []
     if "md" in args.format:
         path = out / f"{args.table}.md"
-        path.write_text(to_markdown(formatted(means, stds, incomplete, ("**", "**"))))
+        path.write_text(to_markdown(formatted(table, ("**", "**"))))
         written.append(path)
         print(path.read_text())
     if "csv" in args.format:
         path = out / f"{args.table}.csv"
-        means.add_suffix("_mean").join(stds.add_suffix("_std")).to_csv(path, index_label="method / tgl")
+        table.means.add_suffix("_mean").join(table.stds.add_suffix("_std")).to_csv(path, index_label="method / tgl")
         written.append(path)
     if "tex" in args.format:
         path = out / f"{args.table}.tex"
-        path.write_text(to_latex(formatted(means, stds, incomplete, (r"\textbf{", "}"))))
+        path.write_text(to_latex(formatted(table, (r"\textbf{", "}"))))
         written.append(path)
     written += stage_heatmaps(runs, out)
     profile = localization_profile(runs, out)
     written += [profile] if profile else []
-    if missing:
-        print("Marked as missing: " + "; ".join(missing), file=sys.stderr)
+    if table.missing:
+        print("Marked as missing: " + "; ".join(table.missing), file=sys.stderr)
     print("Wrote " + ", ".join(str(p) for p in written))
     return 0
 

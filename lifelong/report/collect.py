@@ -1,4 +1,4 @@
-"""Read every run of a Hydra multirun dir: its identity (method, TGL variant, seed) and results."""
+"""Every run of a Hydra multirun dir: its identity (method, TGL variant, seed) and results; the rows they form."""
 
 from __future__ import annotations
 
@@ -41,10 +41,13 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def _job_dirs(sweep_dir: Path) -> dict[frozenset[str], Path]:
-    found = {}
-    for overrides_file in sweep_dir.glob("*/.hydra/overrides.yaml"):
-        found[frozenset(yaml.safe_load(overrides_file.read_text()))] = overrides_file.parent.parent
+def _job_dirs(sweep_dir: Path) -> dict[frozenset[str], list[Path]]:
+    """Run dirs (those holding .hydra/overrides.yaml) by their overrides, at any depth: Hydra does not
+    escape '/' in override_dirname, so `data.root=/a/b` nests a job's dir. A list, as a sweep may repeat a job."""
+    found: dict[frozenset[str], list[Path]] = {}
+    for overrides_file in sorted(sweep_dir.rglob(".hydra/overrides.yaml")):
+        overrides = frozenset(yaml.safe_load(overrides_file.read_text()))
+        found.setdefault(overrides, []).append(overrides_file.parent.parent)
     return found
 
 
@@ -62,7 +65,8 @@ def collect_runs(sweep_dir: Path) -> list[Run]:
     directories = _job_dirs(sweep_dir)
     runs = []
     for job in expected_jobs(sweep_dir):
-        directory = directories.get(frozenset(job), sweep_dir / "<never started>")
+        matching = directories.get(frozenset(job))
+        directory = matching.pop(0) if matching else sweep_dir / "<never started>"  # each dir serves one job
         config_file = directory / "config.yaml"
         config = yaml.safe_load(config_file.read_text()) if config_file.exists() else {}
         results_file = directory / "results.json"
@@ -84,3 +88,41 @@ def collect_runs(sweep_dir: Path) -> list[Run]:
             run.traces = [json.loads(p.read_text()) for p in sorted(directory.glob("trace_stage_*.json"))]
         runs.append(run)
     return runs
+
+
+def _without_seed(overrides: list[str]) -> frozenset[str]:
+    return frozenset(o for o in overrides if o.partition("=")[0].lstrip("+~") != "seed")
+
+
+def group_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    """The report's rows: runs that differ only in their seed, labelled 'method / tgl', plus in
+    parentheses the overrides that set this row apart from others of its method / tgl, e.g.
+    'ewc / none (trainer.lr=0.01)'.
+
+    Only seeds are averaged over: runs that differ in anything else (a learning rate swept with one
+    seed) are different settings, so they get rows of their own instead of a mean ± std that mixes
+    them up. Two runs of one row with the same seed (a repeated job, a copied run dir) are an error
+    naming both directories, as counting a run twice would shrink the std.
+    """
+    by_cell: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        by_cell.setdefault(run.cell, []).append(run)
+    rows: dict[str, list[Run]] = {}
+    for (method, tgl), cell_runs in by_cell.items():
+        settings = [_without_seed(run.overrides) for run in cell_runs]
+        shared = frozenset.intersection(*settings)
+        for run, setting in zip(cell_runs, settings, strict=True):
+            extra = ", ".join(sorted(setting - shared))
+            rows.setdefault(f"{method} / {tgl}" + (f" ({extra})" if extra else ""), []).append(run)
+    for label, row in rows.items():
+        _check_seeds(label, row)
+    return rows
+
+
+def _check_seeds(label: str, row: list[Run]) -> None:
+    by_seed: dict[int, Run] = {}
+    for run in row:
+        if run.seed in by_seed:
+            raise ValueError(f"{label}: two runs with seed {run.seed} and the same overrides: "
+                             f"{by_seed[run.seed].directory} and {run.directory}")
+        by_seed[run.seed] = run

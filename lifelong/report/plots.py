@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lifelong.data.stream import PROBE_SETS  # noqa: E402
-from lifelong.report.collect import Run  # noqa: E402
+from lifelong.report.collect import Run, group_runs  # noqa: E402
 
 
 def _mean_matrix(runs: list[Run], name: str) -> np.ndarray:
@@ -23,13 +24,19 @@ def _mean_matrix(runs: list[Run], name: str) -> np.ndarray:
         return np.nanmean(matrices, axis=0)
 
 
+def _finished_rows(runs: list[Run]) -> dict[str, list[Run]]:
+    rows = {label: [r for r in row if r.results is not None] for label, row in group_runs(runs).items()}
+    return {label: row for label, row in rows.items() if row}
+
+
+def _file_stem(label: str) -> str:
+    """A row label as a file name: a label may hold paths (data.root=/a/b) and spaces."""
+    return re.sub(r"[^\w.=-]+", "_", label).strip("_")
+
+
 def stage_heatmaps(runs: list[Run], out_dir: Path) -> list[Path]:
     paths = []
-    cells: dict[tuple[str, str], list[Run]] = {}
-    for run in runs:
-        if run.results is not None:
-            cells.setdefault(run.cell, []).append(run)
-    for (method, tgl), group in cells.items():
+    for label, group in _finished_rows(runs).items():
         fig, axes = plt.subplots(1, len(PROBE_SETS), figsize=(4 * len(PROBE_SETS), 3.5))
         for ax, name in zip(axes, PROBE_SETS, strict=True):
             matrix = _mean_matrix(group, name)
@@ -38,9 +45,9 @@ def stage_heatmaps(runs: list[Run], out_dir: Path) -> list[Path]:
             ax.set_xlabel("probes of stage j")
             ax.set_ylabel("after training stage i")
             fig.colorbar(image, ax=ax, fraction=0.046)
-        fig.suptitle(f"{method} / {tgl} (mean over {len(group)} seeds)")
+        fig.suptitle(f"{label} (mean over {len(group)} seeds)")
         fig.tight_layout()
-        path = out_dir / f"heatmap_{method}_{tgl}.png"
+        path = out_dir / f"heatmap_{_file_stem(label)}.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         paths.append(path)
@@ -49,18 +56,16 @@ def stage_heatmaps(runs: list[Run], out_dir: Path) -> list[Path]:
 
 def localization_profile(runs: list[Run], out_dir: Path) -> Path | None:
     """Mean training grad norm per layer per row; and, where TGL traced, temporal vs control."""
-    done = [r for r in runs if r.results is not None and r.grad_norms]
-    if not done:
+    rows = {label: [r for r in row if r.grad_norms] for label, row in _finished_rows(runs).items()}
+    rows = {label: row for label, row in rows.items() if row}
+    if not rows:
         return None
-    traced = [t for r in done for t in r.traces]
+    traced = [t for row in rows.values() for r in row for t in r.traces]
     fig, axes = plt.subplots(1, 2 if traced else 1, figsize=(12 if traced else 7, 4), squeeze=False)
-    cells: dict[tuple[str, str], list[Run]] = {}
-    for run in done:
-        cells.setdefault(run.cell, []).append(run)
-    for (method, tgl), group in cells.items():
+    for label, group in rows.items():
         layers = list(group[0].grad_norms)
         values = [np.mean([r.grad_norms.get(layer, np.nan) for r in group]) for layer in layers]
-        axes[0][0].plot(layers, values, marker="o", label=f"{method} / {tgl}")
+        axes[0][0].plot(layers, values, marker="o", label=label)
     axes[0][0].set_yscale("log")
     axes[0][0].set_title("mean training gradient norm per layer")
     axes[0][0].tick_params(axis="x", rotation=45)

@@ -1,75 +1,103 @@
-"""The paper's table: rows method x TGL variant, cells mean ± std over seeds, best marked.
+"""The paper's table: rows method x TGL variant (and any other override a sweep varies besides the seed:
+lifelong/report/collect.py group_runs), cells mean ± std over seeds, best marked.
 
 Tables (every metric is lower-is-better):
 - `main`: perplexity on changed / unchanged / new probes after the last stage, forgetting
-  (mean over the three probe sets, in log-perplexity; lifelong/eval/metrics.py), and `avg`,
-  the mean of the three final perplexities.
+  (mean over the probe sets, in log-perplexity; lifelong/eval/metrics.py), and `avg`,
+  the mean of the final perplexities. Any probe set may be empty (TemporalWiki has no `new`
+  probes, ECBD only `new`): its metrics are None, shown as n/a, and both means are over the others.
 - `forgetting`: forgetting per probe set.
+
+A diverged seed (NaN) is not skipped like None: its cells show nan rather than a mean over the other seeds.
 """
 
 from __future__ import annotations
 
 import math
-from statistics import mean, stdev
+from dataclasses import dataclass
+from statistics import fmean
 
+import numpy as np
 import pandas as pd
 
 from lifelong.data.stream import PROBE_SETS
-from lifelong.report.collect import Run
+from lifelong.report.collect import Run, group_runs
 
 TABLES = ("main", "forgetting")
 
 
-def run_metrics(results: dict, table: str) -> dict[str, float]:
+@dataclass
+class Table:
+    """A report table before formatting: what the CLI writes as csv, and as md and tex via `formatted`."""
+
+    means: pd.DataFrame  # index: row label, one column per metric; NaN where no run gave a value
+    stds: pd.DataFrame
+    counts: pd.DataFrame  # how many finished runs gave each cell a value: none for an empty probe set
+    finished: dict[str, int]  # finished runs per row
+    missing: list[str]  # each missing or failed run: 'row (seed s): directory'
+    incomplete: set[str]  # rows with a missing or failed run
+
+
+def _mean_of_present(values: list[float | None]) -> float | None:
+    """Mean over the probe sets that exist (None: empty), None if none does; NaN propagates."""
+    present = [value for value in values if value is not None]
+    return fmean(present) if present else None
+
+
+def run_metrics(results: dict, table: str) -> dict[str, float | None]:
     sets = results["probe_sets"]
     if table == "forgetting":
         return {name: sets[name]["forgetting"] for name in PROBE_SETS}
     finals = {name: sets[name]["final"] for name in PROBE_SETS}
-    forgetting = [sets[n]["forgetting"] for n in PROBE_SETS if sets[n]["forgetting"] is not None]
-    return {**finals, "forgetting": mean(forgetting) if forgetting else math.nan, "avg": mean(finals.values())}
+    forgetting = _mean_of_present([sets[name]["forgetting"] for name in PROBE_SETS])
+    return {**finals, "forgetting": forgetting, "avg": _mean_of_present(list(finals.values()))}
 
 
-def build_table(runs: list[Run], table: str) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """(means, stds, missing cells); index 'method / tgl', one column per metric."""
-    cells: dict[tuple[str, str], list[dict[str, float]]] = {}
-    missing = []
-    for run in runs:
-        cells.setdefault(run.cell, [])
-        if run.results is None:
-            missing.append(f"{run.method} / {run.tgl} (seed {run.seed}): {run.directory}")
-        else:
-            cells[run.cell].append(run_metrics(run.results, table))
-    index = [f"{method} / {tgl}" for method, tgl in cells]
-    columns = list(run_metrics(next(r.results for r in runs if r.results), table)) if any(
-        r.results for r in runs) else []
-    means = pd.DataFrame(index=index, columns=columns, dtype=float)
-    stds = pd.DataFrame(index=index, columns=columns, dtype=float)
-    for label, values in zip(index, cells.values(), strict=True):
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Over seeds; numpy, as it propagates NaN where statistics.stdev raises."""
+    if not values:
+        return math.nan, math.nan
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+
+
+def build_table(runs: list[Run], table: str) -> Table:
+    """Rows from group_runs; a cell is over the row's finished runs, skipping None (an empty probe set)."""
+    rows = group_runs(runs)
+    done = {label: [run_metrics(r.results, table) for r in row if r.results is not None] for label, row in rows.items()}
+    columns = next((list(metrics[0]) for metrics in done.values() if metrics), [])
+    means = pd.DataFrame(index=list(rows), columns=columns, dtype=float)
+    stds = means.copy()
+    counts = pd.DataFrame(0, index=list(rows), columns=columns)
+    for label, metrics in done.items():
         for column in columns:
-            column_values = [v[column] for v in values if v[column] is not None and not math.isnan(v[column])]
-            means.loc[label, column] = mean(column_values) if column_values else math.nan
-            stds.loc[label, column] = stdev(column_values) if len(column_values) > 1 else 0.0
-    return means, stds, missing
+            values = [m[column] for m in metrics if m[column] is not None]  # None: an empty probe set
+            means.loc[label, column], stds.loc[label, column] = _mean_std(values)
+            counts.loc[label, column] = len(values)
+    lost = {label: [r for r in row if r.results is None] for label, row in rows.items()}
+    missing = [f"{label} (seed {r.seed}): {r.directory}" for label, row in lost.items() for r in row]
+    incomplete = {label for label, row in lost.items() if row}
+    return Table(means, stds, counts, {label: len(m) for label, m in done.items()}, missing, incomplete)
 
 
-def _cell_text(mean_value: float, std_value: float, best: bool, incomplete: bool, bold: tuple[str, str]) -> str:
-    if math.isnan(mean_value):
+def _cell_text(table: Table, label: str, column: str, best: bool, bold: tuple[str, str]) -> str:
+    if not table.finished[label]:
         return "missing"
-    text = f"{mean_value:.2f} ± {std_value:.2f}"
+    if not table.counts.loc[label, column]:
+        return "n/a"  # an empty probe set
+    mean_value = table.means.loc[label, column]
+    text = "nan" if math.isnan(mean_value) else f"{mean_value:.2f} ± {table.stds.loc[label, column]:.2f}"
     if best:
         text = f"{bold[0]}{text}{bold[1]}"
-    return text + (" (incomplete)" if incomplete else "")
+    return text + (" (incomplete)" if label in table.incomplete else "")
 
 
-def formatted(means: pd.DataFrame, stds: pd.DataFrame, incomplete_rows: set[str],
-              bold: tuple[str, str]) -> pd.DataFrame:
-    best = {column: means[column].min(skipna=True) for column in means.columns}
-    out = pd.DataFrame(index=means.index, columns=means.columns, dtype=object)
-    for label in means.index:
-        for column in means.columns:
-            value = means.loc[label, column]
-            out.loc[label, column] = _cell_text(value, stds.loc[label, column], value == best[column],
-                                                label in incomplete_rows, bold)
+def formatted(table: Table, bold: tuple[str, str]) -> pd.DataFrame:
+    best = table.means.min(skipna=True)
+    out = pd.DataFrame(index=table.means.index, columns=table.means.columns, dtype=object)
+    for label in out.index:
+        for column in out.columns:
+            is_best = table.means.loc[label, column] == best[column]
+            out.loc[label, column] = _cell_text(table, label, column, is_best, bold)
     return out
 
 

@@ -1,4 +1,4 @@
-"""lifelong-report on a real tiny sweep: rows, columns, mean ± std, missing cells."""
+"""lifelong-report on real tiny sweeps: rows, columns, mean ± std, missing, empty and diverged cells."""
 
 from __future__ import annotations
 
@@ -11,24 +11,37 @@ from statistics import mean, stdev
 
 import pandas as pd
 import pytest
+import yaml
 
 from lifelong.report.cli import main as report
+from lifelong.report.collect import collect_runs
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    sweep_dir = tmp_path_factory.mktemp("sweep")
+def run_sweep(sweep_dir, *overrides):
     done = subprocess.run(
-        [sys.executable, "-m", "lifelong.train", "-m", "experiment=smoke", "data.num_stages=2",
-         "trainer.steps_per_stage=3", "method=finetune,ewc", "tgl=none,freeze", "seed=0,1",
-         f"hydra.sweep.dir={sweep_dir}"],
+        [sys.executable, "-m", "lifelong.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return sweep_dir
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    return run_sweep(tmp_path_factory.mktemp("sweep"), "experiment=smoke", "data.num_stages=2",
+                     "trainer.steps_per_stage=3", "method=finetune,ewc", "tgl=none,freeze", "seed=0,1")
+
+
+@pytest.fixture(scope="module")
+def twiki_sweep(tmp_path_factory):
+    """TemporalWiki (no `new` probes) from an absolute data.root, which nests every job dir, over two lrs."""
+    return run_sweep(tmp_path_factory.mktemp("twiki"), "experiment=smoke", "data=temporalwiki",
+                     f"data.root={REPO / 'tests' / 'fixtures' / 'temporalwiki'}", "data.stages=[0809,0910]",
+                     "data.seq_len=64", "trainer.steps_per_stage=2",
+                     "trainer.lr=1e-4,1e-2", "seed=0,1")
 
 
 def results_of(sweep_dir):
@@ -36,6 +49,14 @@ def results_of(sweep_dir):
     for path in sweep_dir.glob("*/results.json"):
         overrides = dict(o.split("=") for o in path.parent.name.split("_", 1)[1].split(","))
         out.setdefault((overrides["method"], overrides["tgl"]), []).append(json.loads(path.read_text()))
+    return out
+
+
+def results_by_lr(sweep_dir):
+    out = {}
+    for path in sweep_dir.rglob("results.json"):
+        overrides = dict(o.split("=", 1) for o in yaml.safe_load((path.parent / ".hydra/overrides.yaml").read_text()))
+        out.setdefault(overrides["trainer.lr"], []).append(json.loads(path.read_text()))
     return out
 
 
@@ -73,6 +94,64 @@ def test_missing_run_fails_unless_allowed(sweep, tmp_path, capsys):
     assert "(incomplete)" in row
     table = pd.read_csv(tmp_path / "b" / "main.csv", index_col=0)
     assert not math.isnan(table.loc[f"ewc / {tgl}", "changed_mean"])  # the other seed remains
+
+
+def test_a_diverged_seed_shows_nan_not_the_other_seeds_mean(sweep, tmp_path):
+    diverged = tmp_path / "sweep"
+    shutil.copytree(sweep, diverged)
+    victim = next(p for p in diverged.glob("*/results.json") if "method=ewc,seed=0,tgl=none" in p.parent.name)
+    results = json.loads(victim.read_text())
+    results["probe_sets"]["changed"]["final"] = math.nan
+    victim.write_text(json.dumps(results))  # NaN, as results.json stores it
+    assert report([str(diverged), "--out", str(tmp_path / "report"), "--format", "md,csv"]) == 0
+    table = pd.read_csv(tmp_path / "report" / "main.csv", index_col=0)
+    assert math.isnan(table.loc["ewc / none", "changed_mean"]) and math.isnan(table.loc["ewc / none", "avg_mean"])
+    assert not math.isnan(table.loc["ewc / none", "unchanged_mean"])
+    markdown = (tmp_path / "report" / "main.md").read_text()
+    row = next(line for line in markdown.splitlines() if line.startswith("| ewc / none "))
+    assert row.split(" | ")[1] == "nan"
+
+
+def test_job_dirs_nested_by_a_path_override_are_found(twiki_sweep, tmp_path):
+    assert not list(twiki_sweep.glob("*/.hydra"))  # Hydra does not escape the '/' of data.root in a job dir's name
+    runs = collect_runs(twiki_sweep)
+    assert len(runs) == 4 and all(run.results is not None for run in runs)
+    assert len({run.directory for run in runs}) == 4
+    assert report([str(twiki_sweep), "--out", str(tmp_path), "--format", "csv"]) == 0
+
+
+def test_an_empty_probe_set_is_na_and_left_out_of_avg(twiki_sweep, tmp_path):
+    assert report([str(twiki_sweep), "--out", str(tmp_path), "--format", "md,csv"]) == 0
+    table = pd.read_csv(tmp_path / "main.csv", index_col=0)
+    for lr, runs in results_by_lr(twiki_sweep).items():
+        assert all(r["probe_sets"]["new"]["final"] is None for r in runs)
+        finals = [mean(r["probe_sets"][n]["final"] for n in ("changed", "unchanged")) for r in runs]
+        assert table.loc[f"finetune / none (trainer.lr={lr})", "avg_mean"] == pytest.approx(mean(finals))
+    rows = [line for line in (tmp_path / "main.md").read_text().splitlines() if line.startswith("| finetune")]
+    assert len(rows) == 2 and all(line.split(" | ")[3] == "n/a" for line in rows)
+
+
+def test_runs_differing_in_more_than_the_seed_get_rows_of_their_own(twiki_sweep, tmp_path):
+    assert report([str(twiki_sweep), "--out", str(tmp_path), "--format", "csv"]) == 0
+    table = pd.read_csv(tmp_path / "main.csv", index_col=0)
+    by_lr = results_by_lr(twiki_sweep)
+    assert sorted(by_lr) == ["0.0001", "0.01"]
+    assert sorted(table.index) == ["finetune / none (trainer.lr=0.0001)", "finetune / none (trainer.lr=0.01)"]
+    for lr, runs in by_lr.items():
+        assert len(runs) == 2
+        changed = [r["probe_sets"]["changed"]["final"] for r in runs]
+        assert table.loc[f"finetune / none (trainer.lr={lr})", "changed_mean"] == pytest.approx(mean(changed))
+        assert table.loc[f"finetune / none (trainer.lr={lr})", "changed_std"] == pytest.approx(stdev(changed))
+
+
+def test_two_runs_with_the_same_overrides_and_seed_are_an_error(tmp_path):
+    sweep_dir = run_sweep(tmp_path / "sweep", "experiment=smoke", "data.num_stages=2", "trainer.steps_per_stage=1",
+                          "seed=0,0")
+    run_dirs = [path.parent for path in sweep_dir.glob("*/results.json")]
+    assert len(run_dirs) == 2
+    with pytest.raises(ValueError, match="two runs with seed 0") as error:
+        report([str(sweep_dir), "--out", str(tmp_path / "report")])
+    assert all(str(directory) in str(error.value) for directory in run_dirs)
 
 
 def test_every_cpu_preset_runs_a_tiny_version(tmp_path):
