@@ -2,7 +2,11 @@
 
 Blocks are int32 [N, seq_len] arrays. Packing respects document boundaries: a document is never
 split across blocks unless it is longer than one (then it is cut into whole blocks plus a tail
-placed like a document), and documents are placed best-fit decreasing. The unused end of a
+placed like a document), and documents are placed best-fit decreasing. A tail placed after
+another document has no EOS before it, so its first token is trained as that document's next
+token: one noisy label per long document. Opening a block for every tail instead (a block's
+first token is never a label) measured 7% padding on documents averaging 1.8 blocks, against
+0.02% now. The unused end of a
 block holds PAD, which `lm_inputs` turns into ignored labels. `ConcatBlocks` joins several
 stages' blocks without reading them into memory.
 """
