@@ -182,10 +182,21 @@ METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 @pytest.mark.parametrize("tgl", ["freeze", "adaptive_lr"])
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_composes_with_tgl(tmp_path, method, tgl):
-    results = train(make_config(tmp_path / "run", f"method={method}", f"tgl={tgl}", "data.num_stages=2",
-                                "trainer.steps_per_stage=3"))
+    """With freeze, whatever the method adds (EWC's gradient, MIGU's masks, LoRA's adapters, replay's
+    data), the layers TGL did not select leave stage 1 bit-identical."""
+    run_dir = tmp_path / "run"
+    results = train(make_config(run_dir, f"method={method}", f"tgl={tgl}", "data.num_stages=2",
+                                "trainer.steps_per_stage=3", "trainer.checkpoint_every=1",
+                                "trainer.keep_checkpoints=3"))
     assert results["probe_sets"]["changed"]["final"] > 0
-    assert (tmp_path / "run" / "trace_stage_1.json").exists()
+    trace = json.loads((run_dir / "trace_stage_1.json").read_text())
+    if tgl != "freeze":
+        return
+    # after stage 1's first step (LoRA's adapters exist by then) and at its end
+    before, after = (torch.load(run_dir / "checkpoints" / f"step_{step:08d}.pt")["model"] for step in (4, 6))
+    unselected = [key for key in after if layer_of(key) not in trace["selected"]]
+    assert unselected and all(torch.equal(before[key], after[key]) for key in unselected)
+    assert any(not torch.equal(before[key], after[key]) for key in after)
 
 
 def test_freeze_with_a_single_traced_layer_trains_it(tmp_path):
