@@ -203,7 +203,10 @@ class TemporalWikiDataConfig:
         return len(self.stages)
 
     def input_paths(self) -> dict[str, list[str]]:
-        return {"data.root": [self.root]}
+        from lifelong.data.temporalwiki import stage_files
+
+        files = [str(f) for pair in self.stages for f in stage_files(Path(self.root), pair)]
+        return {"data.root": [self.root], "data.stages": files}
 
     def build(self):
         from lifelong.data.temporalwiki import load_temporalwiki
@@ -253,7 +256,10 @@ class ECBDDataConfig:
         return len(self.years)
 
     def input_paths(self) -> dict[str, list[str]]:
-        return {"data.root": [self.root]}
+        from lifelong.data.ecbd import year_file
+
+        files = [str(year_file(Path(self.root), year, self.spans, self.split)) for year in self.years]
+        return {"data.root": [self.root], "data.years": files}
 
     def build(self):
         from lifelong.data.ecbd import load_ecbd
@@ -660,4 +666,4 @@ def check_input_paths(cfg: TrainConfig) -> None:
         for value in values:
             if not Path(value).exists():
                 raise ConfigError(key, value, "an existing local path (nothing is downloaded: copy the files to "
-                                  f"this machine and set {key} to them)")
+                                  f"this machine, or change {key})")

@@ -21,10 +21,11 @@ REQUIRED = {
     ("data", "jsonl"): [f"data.path={FIXTURES / 'jsonl'}"],
     ("cluster", "example"): ["hydra/launcher=submitit_slurm"],
     ("experiment", "paper_main"): [f"model.path={MODEL_DIR}", f"data.path={FIXTURES / 'jsonl'}"],
-    ("data", "temporalwiki"): [f"data.root={FIXTURES / 'temporalwiki'}", "model.max_seq_len=512"],
+    ("data", "temporalwiki"): [f"data.root={FIXTURES / 'temporalwiki'}", "data.stages=[0809,0910]",
+                               "model.max_seq_len=512"],  # the stages the fixture holds
     ("data", "synthetic_large"): ["model.max_seq_len=512"],  # its 512-token blocks need as many positions
     ("data", "templama"): [f"data.files=[{FIXTURES / 'templama' / 'test.json'}]"],
-    ("data", "ecbd"): [f"data.root={FIXTURES / 'ecbd'}"],
+    ("data", "ecbd"): [f"data.root={FIXTURES / 'ecbd'}", "data.years=[2019,2020]"],
 }
 
 
@@ -76,9 +77,13 @@ def test_a_presets_sweeper_params_are_validated_too():
         (["model=local"], "model.path", "required"),
         (["-m", "seed=0,1", "trainer.lr=0.1,-1"], "trainer.lr", "> 0"),
         (["data=ecbd", "data.root=/absent/ecbd"], "data.root", "nothing is downloaded"),
+        (["data=ecbd", f"data.root={FIXTURES / 'ecbd'}", "data.years=[2019,2031]"], "data.years",
+         "2031/np_spans_test.json"),
+        (["data=temporalwiki", f"data.root={FIXTURES / 'temporalwiki'}", "data.stages=[0809,1213]",
+          "model.max_seq_len=512"], "data.stages", "TWiki_Diffsets/wikipedia_1213_gpt2.csv"),
         (["data=templama", f"data.files=[{FIXTURES / 'templama' / 'test.json'},/absent/t.json]"], "data.files",
          "/absent/t.json"),
-        (["model=local", "model.path=gpt2"], "model.path", "set model.path"),  # a hub id, offline
+        (["model=local", "model.path=gpt2"], "model.path", "or change model.path"),  # a hub id, offline
         (["data.seq_len=256"], "data.seq_len", "[1, 128], the model's longest input (model.max_seq_len)"),
         (["method=lora", "method.from_stage=4"], "method.from_stage", "[0, 3]"),
         (["tgl=freeze", "data.num_stages=2", "tgl.from_stage=2"], "tgl.from_stage", "[0, 1]"),

@@ -52,12 +52,16 @@ def mention(sentence: str, entity: str) -> Probe:
     return Probe.whole(text)
 
 
+def year_file(root: Path, year: str, spans: str, split: str) -> Path:
+    return root / year / f"{spans}_spans_{split}.json"
+
+
 def load_ecbd(root: Path, years: list[str], spans: str, split: str) -> Stream:
     if not root.is_dir():
         raise FileNotFoundError(f"data.root: ECBD directory not found: {root}")
     stages = []
     for year in years:
-        path = root / year / f"{spans}_spans_{split}.json"
+        path = year_file(root, year, spans, split)
         if not path.exists():
             raise FileNotFoundError(f"missing ECBD file: {path}")
         records = numbered_jsonl(path, FIELDS)

@@ -50,17 +50,22 @@ def fact_probe(row: dict[str, str], target: str) -> Probe:
     return Probe.whole(text)
 
 
+def stage_files(root: Path, pair: str) -> tuple[Path, Path, Path]:
+    """(diffset, changed probes, unchanged probes) of a month pair such as 0809."""
+    probes_dir = next((d for d in (root / "twiki_probes", root / "TWiki_Probes") if d.is_dir()), root / "twiki_probes")
+    probes_prefix = f"{pair[:2]}01-{pair[2:]}01"
+    return (root / "TWiki_Diffsets" / f"wikipedia_{pair}_gpt2.csv", probes_dir / f"{probes_prefix}_changed.csv",
+            probes_dir / f"{probes_prefix}_unchanged.csv")
+
+
 def load_temporalwiki(root: Path, stages: list[str], probe_target: str, cache_dir: str | None = None) -> Stream:
     if not root.is_dir():
         raise FileNotFoundError(f"data.root: TemporalWiki directory not found: {root}")
     out = []
     for pair in stages:
-        diffset = root / "TWiki_Diffsets" / f"wikipedia_{pair}_gpt2.csv"
-        probes_dir = next((d for d in (root / "twiki_probes", root / "TWiki_Probes") if d.is_dir()),
-                          root / "twiki_probes")
-        probes_prefix = probes_dir / f"{pair[:2]}01-{pair[2:]}01"
-        changed = read_csv(Path(f"{probes_prefix}_changed.csv"), ("subject", "relation", "object"))
-        unchanged = read_csv(Path(f"{probes_prefix}_unchanged.csv"), ("subject", "relation", "object"))
+        diffset, changed_file, unchanged_file = stage_files(root, pair)
+        changed = read_csv(changed_file, ("subject", "relation", "object"))
+        unchanged = read_csv(unchanged_file, ("subject", "relation", "object"))
         if not diffset.exists():
             raise FileNotFoundError(f"missing TemporalWiki file: {diffset}")
         out.append(Stage(
