@@ -32,12 +32,13 @@ def torchrun(port: int) -> list[str]:
             "-m", "lifelong.train"]
 
 
-# MIGU averages its output sums across ranks, so its masks, too, are those of one process
-@pytest.mark.parametrize(("method", "port"), [("finetune", 29517), ("migu", 29521)])
+# MIGU averages its output sums across ranks, so its masks, too, are those of one process; EWC
+# averages its Fisher; TGL traces the same probes on every rank, so all ranks freeze the same layers
+@pytest.mark.parametrize(("method", "port"), [(["method=finetune"], 29517), (["method=migu"], 29521),
+                                              (["method=ewc", "tgl=freeze"], 29525), (["method=lora_migu"], 29529)])
 def test_torchrun_two_ranks_match_one_process(tmp_path, method, port):
-    single = run(tmp_path / "single", [sys.executable, "-m", "lifelong.train"],
-                 ["trainer.micro_batch_size=4", f"method={method}"])
-    double = run(tmp_path / "ddp", torchrun(port), ["trainer.micro_batch_size=2", f"method={method}"])
+    single = run(tmp_path / "single", [sys.executable, "-m", "lifelong.train"], ["trainer.micro_batch_size=4", *method])
+    double = run(tmp_path / "ddp", torchrun(port), ["trainer.micro_batch_size=2", *method])
     assert len(single) == len(double) == 8
     # same global batch of 4 rows: 2 ranks x 2 rows, gradients averaged by DDP; float sums differ in order
     assert double == pytest.approx(single, rel=1e-5, abs=1e-6)
