@@ -117,7 +117,7 @@ class SyntheticDataConfig:
     train_renderings: int = 3  # paraphrases of each new or changed fact in a stage's corpus
     unchanged_in_train: float = 0.1  # share of unchanged facts restated in an update's corpus
     probes_per_set: int = 48
-    probe_template: str = "trained"  # trained | heldout (see lifelong/data/synthetic.py)
+    probe_template: str = "heldout"  # heldout | trained (see lifelong/data/synthetic.py)
     seq_len: int = 128
     vocab_size: int = 512  # of the byte-level BPE tokenizer trained on the stream
 

@@ -3,9 +3,9 @@
 Entities have one object per relation. Stage 0 is the first snapshot of the world; at every
 later stage a share of the existing facts change object and new entities appear. A stage's
 corpus states its new and changed facts in several paraphrases (plus a few unchanged facts,
-as Wikipedia diffs do). Probes test recall of a fact as it was last stated
-(`probe_template: trained`, one of its training paraphrases) or generalization to a template
-held out of training (`heldout`: a harder test a tiny model barely passes). The object is
+as Wikipedia diffs do). Probes state a fact in a template held out of training (`probe_template:
+heldout`, the default: knowledge, not a memorized sentence, as DESIGN.md asks), or as it was last
+stated (`trained`, one of its training paraphrases: recall of the text itself). The object is
 always last, so a causal LM's probe span (the object's tokens) is predicted from the subject
 and relation. Deterministic for `seed`.
 """
