@@ -5,7 +5,9 @@ later stage a share of the existing facts change object and new entities appear.
 corpus states its new and changed facts in several paraphrases (plus a few unchanged facts,
 as Wikipedia diffs do). Probes state a fact in a template held out of training (`probe_template:
 heldout`, the default: knowledge, not a memorized sentence, as DESIGN.md asks), or as it was last
-stated (`trained`, one of its training paraphrases: recall of the text itself). The object is
+stated (`trained`, one of its training paraphrases: recall of the text itself). A stage probes
+only facts that keep their object to the end of the stream, so the stage x stage matrices
+score retention, not updates learned later. The object is
 always last, so a causal LM's probe span (the object's tokens) is predicted from the subject
 and relation. Deterministic for `seed`.
 """
@@ -13,31 +15,33 @@ and relation. Deterministic for `seed`.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from lifelong.config import SyntheticDataConfig
 from lifelong.data.stream import Probe, Stage, Stream
 
-# relation -> (object kind, templates); the last template is held out of training
+# relation -> (object kind, templates); the last template is held out of training, and no
+# trained template is part of it (the probe's context up to the object is never a training text)
 RELATIONS: dict[str, tuple[str, list[str]]] = {
     "lives_in": (
         "city",
         ["{s} lives in {o}.", "{s} has a home in {o}.", "{s} resides in the city of {o}.",
-         "The home town of {s} is {o}.", "These days {s} lives in {o}."],
+         "The home town of {s} is {o}.", "The city where {s} lives is {o}."],
     ),
     "works_for": (
         "company",
         ["{s} works for {o}.", "{s} is employed by {o}.", "The employer of {s} is {o}.",
-         "{s} has a job at {o}.", "At present {s} works for {o}."],
+         "{s} has a job at {o}.", "The company {s} works at is {o}."],
     ),
     "plays_for": (
         "team",
         ["{s} plays for {o}.", "{s} is a player of {o}.", "The team of {s} is {o}.",
-         "{s} competes for {o}.", "This season {s} plays for {o}."],
+         "{s} competes for {o}.", "The club {s} turns out for is {o}."],
     ),
     "member_of": (
         "party",
         ["{s} is a member of {o}.", "{s} belongs to {o}.", "The party of {s} is {o}.",
-         "{s} has joined {o}.", "Today {s} is a member of {o}."],
+         "{s} has joined {o}.", "The political party {s} supports is {o}."],
     ),
 }
 OBJECT_SUFFIX = {"city": "", "company": " Corp", "team": " United", "party": " Party"}
@@ -69,18 +73,26 @@ def _render(template: str, subject: str, obj: str) -> Probe:
 Fact = tuple[str, str]  # (entity, relation)
 
 
-def generate_stream(cfg: SyntheticDataConfig) -> Stream:
-    rng = random.Random(cfg.seed)
+@dataclass
+class Update:
+    """What a stage does to the world: facts whose object changes, new entities' facts, and the
+    world (fact -> object) after it."""
+
+    changed: list[Fact]
+    unchanged: list[Fact]
+    new: list[Fact]
+    world: dict[Fact, str]
+
+
+def world_timeline(cfg: SyntheticDataConfig, rng: random.Random) -> list[Update]:
     total_entities = cfg.num_entities + cfg.new_entities_per_stage * (cfg.num_stages - 1)
     entities = _unique_names(rng, total_entities, lambda: f"{_name(rng, 2)} {_name(rng, 2)}")
     objects = {
         kind: [n + suffix for n in _unique_names(rng, 12, lambda: _name(rng, 3))]
         for kind, suffix in OBJECT_SUFFIX.items()
     }
-
     world: dict[Fact, str] = {}
-    last_stated: dict[Fact, Probe] = {}  # a training sentence of the fact's current object
-    stages: list[Stage] = []
+    updates = []
     for index in range(cfg.num_stages):
         if index == 0:
             new_entities = entities[: cfg.num_entities]
@@ -97,33 +109,38 @@ def generate_stream(cfg: SyntheticDataConfig) -> Stream:
         for fact in new:
             world[fact] = rng.choice(objects[RELATIONS[fact[1]][0]])
         changed_set = set(changed)
-        unchanged = [f for f in existing if f not in changed_set]
+        updates.append(Update(changed, [f for f in existing if f not in changed_set], new, dict(world)))
+    return updates
 
-        def state(fact: Fact, template: str) -> Probe:
-            return _render(template, fact[0], world[fact])
 
+def _state(fact: Fact, template: str, world: dict[Fact, str]) -> Probe:
+    return _render(template, fact[0], world[fact])
+
+
+def generate_stream(cfg: SyntheticDataConfig) -> Stream:
+    rng = random.Random(cfg.seed)
+    updates = world_timeline(cfg, rng)
+    last_stated: dict[Fact, Probe] = {}  # a training sentence of the fact's current object
+    stages: list[Stage] = []
+    for index, update in enumerate(updates):
         knowledge = []
-        for fact in changed + new:
-            renderings = [state(fact, t) for t in rng.sample(RELATIONS[fact[1]][1][:-1], cfg.train_renderings)]
+        for fact in update.changed + update.new:
+            templates = rng.sample(RELATIONS[fact[1]][1][:-1], cfg.train_renderings)
+            renderings = [_state(fact, t, update.world) for t in templates]
             last_stated[fact] = renderings[0]
             knowledge += renderings
-        restated = rng.sample(unchanged, round(cfg.unchanged_in_train * len(unchanged)))
+        restated = rng.sample(update.unchanged, round(cfg.unchanged_in_train * len(update.unchanged)))
         train = [p.text for p in knowledge]
-        train += [state(f, rng.choice(RELATIONS[f[1]][1][:-1])).text for f in restated]
+        train += [_state(f, rng.choice(RELATIONS[f[1]][1][:-1]), update.world).text for f in restated]
         rng.shuffle(train)
-
-        def probes(facts: list[Fact]) -> list[Probe]:
-            chosen = rng.sample(facts, min(cfg.probes_per_set, len(facts)))
-            if cfg.probe_template == "heldout":
-                return [state(f, RELATIONS[f[1]][1][-1]) for f in chosen]
-            return [last_stated[f] for f in chosen]
-
-        stages.append(
-            Stage(
-                name=f"stage_{index}",
-                train=train,
-                probes={"changed": probes(changed), "unchanged": probes(unchanged), "new": probes(new)},
-                knowledge=knowledge,
-            )
-        )
+        # a fact that changes again later is not probed: after that change its higher perplexity
+        # on this stage's probe would be a learned update, scored as forgetting
+        later = set().union(*(u.changed for u in updates[index + 1 :]))
+        probes = {}
+        for name, facts in (("changed", update.changed), ("unchanged", update.unchanged), ("new", update.new)):
+            stable = [f for f in facts if f not in later]
+            chosen = rng.sample(stable, min(cfg.probes_per_set, len(stable)))
+            probes[name] = ([_state(f, RELATIONS[f[1]][1][-1], update.world) for f in chosen]
+                            if cfg.probe_template == "heldout" else [last_stated[f] for f in chosen])
+        stages.append(Stage(name=f"stage_{index}", train=train, probes=probes, knowledge=knowledge))
     return Stream(stages)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
 from lifelong.config import SyntheticDataConfig
-from lifelong.data.synthetic import RELATIONS, generate_stream
+from lifelong.data.synthetic import RELATIONS, generate_stream, world_timeline
 
 TINY = SyntheticDataConfig(num_stages=3, num_entities=16, new_entities_per_stage=4, probes_per_set=500)
 
@@ -19,15 +20,19 @@ def test_same_seed_same_stream_other_seed_other_stream():
 
 def test_stage_structure_and_counts():
     stream = generate_stream(TINY)
+    updates = world_timeline(TINY, random.Random(TINY.seed))
     assert [s.name for s in stream.stages] == ["stage_0", "stage_1", "stage_2"]
-    first, update = stream.stages[0], stream.stages[1]
+    first, last = stream.stages[0], stream.stages[-1]
     facts_first = TINY.num_entities * len(RELATIONS)
     assert first.probes["changed"] == [] and first.probes["unchanged"] == []
-    assert len(first.probes["new"]) == facts_first
     assert len(first.knowledge) == facts_first * TINY.train_renderings
-    assert len(update.probes["new"]) == TINY.new_entities_per_stage * len(RELATIONS)
-    assert len(update.probes["changed"]) == round(TINY.change_fraction * facts_first)
-    assert len(update.probes["changed"]) + len(update.probes["unchanged"]) == facts_first
+    changed_later = set(updates[1].changed) | set(updates[2].changed)
+    assert len(first.probes["new"]) == facts_first - len(changed_later & set(updates[0].world))
+    # nothing changes after the last stage: every fact is probed there
+    assert len(last.probes["new"]) == TINY.new_entities_per_stage * len(RELATIONS)
+    existing = facts_first + TINY.new_entities_per_stage * len(RELATIONS)  # stage 0's and stage 1's facts
+    assert len(last.probes["changed"]) == round(TINY.change_fraction * existing)
+    assert len(last.probes["changed"]) + len(last.probes["unchanged"]) == existing
 
 
 def _subject_relation(probe_text: str) -> tuple[str, str]:
@@ -57,18 +62,22 @@ def test_probe_sets_are_disjoint_and_spans_are_objects(probe_template):
         train = set(stage.train)
         for probe in stage.probes["changed"] + stage.probes["new"]:
             assert (probe.text in train) == (probe_template == "trained")
+            if probe_template == "heldout":  # not even as a part: the context up to the object is new text
+                assert not any(sentence in probe.text for other in stream.stages for sentence in other.train)
 
 
-def test_changed_facts_get_a_new_object():
+def test_changed_facts_get_a_new_object_and_every_probe_holds_to_the_end():
+    """A probe's object is its fact's object at its stage (a changed one differs from the stage
+    before) and at the end of the stream: no later update makes it out of date."""
     stream = generate_stream(TINY)
-    stated = {}
-    for stage in stream.stages:
-        for name in ("changed", "unchanged", "new"):
-            for probe in stage.probes[name]:
-                key = _subject_relation(probe.text)
+    updates = world_timeline(TINY, random.Random(TINY.seed))
+    for index, stage in enumerate(stream.stages):
+        for name, probes in stage.probes.items():
+            for probe in probes:
+                fact = _subject_relation(probe.text)
                 obj = probe.text[slice(*probe.span)]
+                assert obj == updates[index].world[fact] == updates[-1].world[fact]
                 if name == "changed":
-                    assert stated[key] != obj
+                    assert updates[index - 1].world[fact] != obj
                 if name == "unchanged":
-                    assert stated[key] == obj
-                stated[key] = obj
+                    assert updates[index - 1].world[fact] == obj
