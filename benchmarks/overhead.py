@@ -3,10 +3,12 @@
     python benchmarks/overhead.py [--steps 100] [--repeats 7] [--threads 1] [--micro-batch 8] [--name overhead]
 
 Same model (the tiny GPT-2 preset), same packed blocks of the synthetic stream, same batch,
-AdamW, warmup + cosine and clipping in all three. The three run interleaved, `--repeats`
+fused AdamW (the HF Trainer's default optimizer too), warmup + cosine and clipping in all three,
+and the same process setting: glibc keeps freed host memory (trainer.keep_host_memory) in every
+arm, so the figures are what the framework itself adds. The three run interleaved, `--repeats`
 times, each run in a fresh interpreter. Each is timed the same way: the mean step time of each
-window of `log_every` steps (lifelong's own metrics.jsonl windows, which include its logging;
-stamps at the same boundaries in the bare loop and in a Trainer callback), the median over
+window of `log_every` steps (lifelong's own metrics.jsonl windows; stamps at the same boundaries
+in the bare loop and in a Trainer callback, whose windows hold their logging), the median over
 windows after the first (warm-up), then the median over repetitions; a ratio is the median of
 the repetitions' own ratios (see `summary`). Writes benchmarks/results/<name>.json.
 
@@ -27,13 +29,16 @@ from common import in_fresh_interpreter, lifelong_step_times, save_result, stead
 
 from lifelong.config import Precision, compose_train_config
 from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
+from lifelong.launch.host_memory import keep_freed_host_memory
 from lifelong.models import build_model
-from lifelong.optim import build_scheduler, default_param_groups
+from lifelong.optim import build_optimizer, build_scheduler, default_param_groups
 from lifelong.train import AUTOCAST, resolve_device, seed_everything, stage_batches
 
 
 def _setup(overrides: list[str]):
     cfg = compose_train_config(["data.num_stages=2", *overrides])
+    if cfg.trainer.keep_host_memory:  # as lifelong's train() does: the same allocator in every arm
+        keep_freed_host_memory()
     stream = cfg.data.build()
     tokenizer = train_tokenizer(stream.all_text(), cfg.data.vocab_size)
     blocks = pack(tokenizer, stream.stages[0].train, cfg.data.seq_len)
@@ -51,7 +56,7 @@ def bare_step_times(overrides: list[str]) -> list[float]:
     """The loop a researcher would write by hand; window means as lifelong logs them."""
     cfg, blocks, model, device = _setup(overrides)
     tc = cfg.trainer
-    optimizer = torch.optim.AdamW(default_param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
+    optimizer = build_optimizer(tc, default_param_groups(model, tc.weight_decay))  # fused, as lifelong's
     scheduler = build_scheduler(tc, optimizer)
     order = stage_batches(blocks, tc.steps_per_stage, tc.micro_batch_size, 0)
     dtype = AUTOCAST[tc.precision]
@@ -100,7 +105,7 @@ def hf_trainer_step_times(overrides: list[str], workdir: Path) -> list[float]:
         adam_beta2=tc.betas[1], max_grad_norm=tc.max_grad_norm, lr_scheduler_type="cosine",
         warmup_steps=round(tc.warmup_fraction * tc.steps_per_stage), logging_steps=tc.log_every,
         save_strategy="no", report_to=[], use_cpu=device.type == "cpu", bf16=tc.precision is Precision.bf16,
-        disable_tqdm=True, dataloader_num_workers=0, seed=cfg.seed,
+        disable_tqdm=True, dataloader_num_workers=0, seed=cfg.seed, optim="adamw_torch_fused",
         # every step a full batch, as in the other two: without it each epoch ends in a short batch
         # (43 blocks in batches of 8 -> a step of 3 rows), ~10% fewer tokens per step on average
         dataloader_drop_last=True,
@@ -115,13 +120,14 @@ def measure(loop: str, overrides: list[str], workdir: str, threads: int) -> floa
     if loop == "bare":
         return steady_median(bare_step_times(overrides))
     if loop == "lifelong":
-        return steady_median(lifelong_step_times(overrides, Path(workdir) / "lifelong", stage=0))
+        # the stream of the other two (_setup): the same tokenizer and blocks
+        return steady_median(lifelong_step_times(["data.num_stages=2", *overrides], Path(workdir) / "lifelong", 0))
     return steady_median(hf_trainer_step_times(overrides, Path(workdir)))
 
 
 def compare(overrides: list[str], repeats: int) -> dict[str, list[float]]:
     """Steady median step time of the three, interleaved, `repeats` times, each run in a fresh
-    interpreter (the setting lifelong makes process-wide must not reach the others)."""
+    interpreter (no arm inherits another's warm caches or allocator state)."""
     runs: dict[str, list[float]] = {"bare": [], "lifelong": [], "hf_trainer": []}
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
