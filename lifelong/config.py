@@ -658,6 +658,24 @@ def validate_command_line(args: list[str]) -> int:
     return len(jobs)
 
 
+# keys a relaunch of a run dir may change: they do not change what the run computes
+RELAUNCH_MAY_CHANGE = ("run_dir", "logger", "trainer.progress", "trainer.num_threads", "trainer.keep_host_memory",
+                       "trainer.checkpoint_every", "trainer.keep_checkpoints")
+
+
+def run_identity(cfg: DictConfig | TrainConfig) -> dict[str, Any]:
+    """What makes a run this run: every leaf of its config ({"trainer.lr": 0.001, ...}, enums as
+    their names) but those a relaunch may change (RELAUNCH_MAY_CHANGE)."""
+    def leaves(node: Any, prefix: str) -> dict[str, Any]:
+        if not isinstance(node, dict):
+            return {prefix.removesuffix("."): node}
+        return {k: v for key, child in node.items() for k, v in leaves(child, f"{prefix}{key}.").items()}
+
+    flat = leaves(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True), "")
+    return {key: value for key, value in flat.items()
+            if not any(key == k or key.startswith(k + ".") for k in RELAUNCH_MAY_CHANGE)}
+
+
 def check_input_paths(cfg: TrainConfig) -> None:
     """Every model / data path of a job exists, before anything is launched. Nothing is
     downloaded: a hub id or a path on another machine gets an error naming the key to set."""

@@ -19,7 +19,6 @@ import time
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import hydra
 import numpy as np
@@ -30,7 +29,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from lifelong.config import CONF_DIR, ConfigError, Device, Precision, TrainConfig, TrainerConfig, to_train_config
+from lifelong.config import (
+    CONF_DIR,
+    ConfigError,
+    Device,
+    Precision,
+    TrainConfig,
+    TrainerConfig,
+    run_identity,
+    to_train_config,
+)
 from lifelong.data import corpus
 from lifelong.data.stream import PROBE_SETS, Stream
 from lifelong.data.tokens import PAD, lm_inputs, load_tokenizer, train_tokenizer
@@ -53,10 +61,6 @@ from lifelong.track.runinfo import run_info
 AUTOCAST = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
 PREEMPTION_POLL_STEPS = 10  # with several ranks; SLURM warns ahead of the kill (--signal=USR2@120)
-
-# keys a relaunch of a run dir may change: they do not change what the run computes
-RELAUNCH_MAY_CHANGE = ("run_dir", "logger", "trainer.progress", "trainer.num_threads", "trainer.keep_host_memory",
-                       "trainer.checkpoint_every", "trainer.keep_checkpoints")
 
 
 def seed_everything(seed: int) -> None:
@@ -99,26 +103,15 @@ def keep_metrics_until(path: Path, global_step: int) -> None:
         write_atomically(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def flat_config(cfg: DictConfig | TrainConfig) -> dict[str, Any]:
-    """{"trainer.lr": 0.001, ...}: every leaf of a config, enums as their names."""
-    def leaves(node: Any, prefix: str) -> dict[str, Any]:
-        if not isinstance(node, dict):
-            return {prefix: node}
-        return {k: v for key, child in node.items() for k, v in leaves(child, f"{prefix}{key}.").items()}
-    container = OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
-    return {key.removesuffix("."): value for key, value in leaves(container, "").items()}
-
-
 def check_same_run(run_dir: Path, cfg: TrainConfig) -> None:
     """A run dir holds one run: resuming or reusing it under another config would mix two runs'
     checkpoints, metrics and results, and rewrite its config.yaml as if it were one."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         return
-    saved, current = flat_config(OmegaConf.load(saved_path)), flat_config(cfg)
+    saved, current = run_identity(OmegaConf.load(saved_path)), run_identity(cfg)
     # keys only one side has come from another version of lifelong: they are not compared
-    changed = sorted(key for key in saved.keys() & current.keys() if saved[key] != current[key]
-                     and not any(key == k or key.startswith(k + ".") for k in RELAUNCH_MAY_CHANGE))
+    changed = sorted(key for key in saved.keys() & current.keys() if saved[key] != current[key])
     if changed:
         key = changed[0]
         others = f"; {', '.join(changed[1:])} differ too" if changed[1:] else ""

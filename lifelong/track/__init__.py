@@ -15,12 +15,14 @@ def build_logger(cfg, run_dir: Path, is_main: bool):
         return JsonlLogger(run_dir / "metrics.jsonl")
     from omegaconf import OmegaConf
 
+    from lifelong.config import run_identity
     from lifelong.track.runinfo import run_info
     from lifelong.track.wandb import WandbLogger, config_identity
 
     config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
     config.pop("run_dir")
-    identity = config_identity(config, run_dir)
+    # the config a relaunch may change (logger, threads, ...) must not start another wandb run
+    identity = config_identity(run_identity(cfg), run_dir)
     info = run_info()
     return WandbLogger(
         run_dir / "metrics.jsonl",

@@ -1,7 +1,7 @@
 """`logger=wandb`: everything metrics.jsonl gets, plus images and tables, in a wandb run.
 
-The run id is derived from the run's identity (its resolved config and run dir), so a
-requeued or resumed job continues the same wandb run (`resume="allow"`). WANDB_MODE in the
+The run id is derived from the run's identity (its config, less what a relaunch may change,
+and its run dir), so a requeued or resumed job continues the same wandb run (`resume="allow"`). WANDB_MODE in the
 environment overrides `logger.mode`.
 """
 
@@ -49,5 +49,5 @@ class WandbLogger(JsonlLogger):
 
 
 def config_identity(config: dict[str, Any], run_dir: Path) -> str:
-    """What makes a run this run: its resolved config (experiment, overrides, seed) and where it lives."""
+    """What makes a run this run: its config (lifelong.config.run_identity) and where it lives."""
     return json.dumps(config, sort_keys=True, default=str) + str(run_dir.resolve())
