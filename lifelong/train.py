@@ -263,7 +263,7 @@ def train(cfg: TrainConfig) -> dict:
         optimizer = build_optimizer(tc, groups or default_param_groups(model, tc.weight_decay))
         scheduler = build_scheduler(tc, optimizer)
         train_model = DistributedDataParallel(model) if env.world_size > 1 else model
-        norms = LayerGradNorms(model)
+        norms = LayerGradNorms(model, getattr(cfg.tgl, "block_pattern", None))  # the rows TGL traces
         order = stage_batches(blocks, tc.steps_per_stage, step_batch, cfg.seed * 1000 + t)
         window_loss = torch.zeros((), device=device)
         if resuming_mid_stage:
@@ -302,7 +302,8 @@ def train(cfg: TrainConfig) -> dict:
             norms.clip_(total_norm, tc.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
-            lr = scheduler.get_last_lr()[0]  # the rate this step used
+            # the schedule's rate this step used (a group's own, under tgl=adaptive_lr, is scaled)
+            lr = tc.lr * scheduler.get_last_lr()[0] / optimizer.param_groups[0]["initial_lr"]
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 

@@ -87,10 +87,12 @@ def test_a_run_dir_is_not_reused_under_another_config(tmp_path):
 
 
 def test_the_logged_lr_is_the_one_the_step_used(tmp_path):
-    """Linear warmup over 3 of 6 steps: step k (1-based) of a stage trains at lr * k / 3."""
-    train(make_config(tmp_path / "run", "data.num_stages=2", "trainer.warmup_fraction=0.5", "trainer.lr=0.003"))
-    first_steps = [r["lr"] for r in read_jsonl_metrics(tmp_path / "run" / "metrics.jsonl")][:3]
-    assert first_steps == pytest.approx([0.001, 0.002, 0.003])
+    """Linear warmup over 3 of 6 steps: step k (1-based) of a stage trains at lr * k / 3. Under
+    adaptive_lr (stage 1 on) the logged rate is the schedule's, not one layer's scaled rate."""
+    train(make_config(tmp_path / "run", "data.num_stages=2", "trainer.warmup_fraction=0.5", "trainer.lr=0.003",
+                      "tgl=adaptive_lr"))
+    lrs = [r["lr"] for r in read_jsonl_metrics(tmp_path / "run" / "metrics.jsonl")]
+    assert lrs[:3] == pytest.approx([0.001, 0.002, 0.003]) and lrs[6:9] == pytest.approx([0.001, 0.002, 0.003])
 
 
 def test_local_model_path_and_jsonl_stream(tmp_path):

@@ -219,3 +219,15 @@ def test_a_traced_run_that_freezes_nothing_trains_exactly_like_no_tgl(tmp_path):
     assert traced["probe_sets"] == plain["probe_sets"]
     losses = [[r["loss"] for r in read_jsonl_metrics(tmp_path / run / "metrics.jsonl")] for run in ("none", "traced")]
     assert losses[0] == losses[1]
+
+
+def test_logged_grad_norm_rows_follow_tgls_block_pattern(tmp_path):
+    """A block pattern for another family's names: the logged per-layer rows are the rows TGL
+    traces (here the pattern counts only MLP parameters as a block's)."""
+    run_dir = tmp_path / "run"
+    train(make_config(run_dir, "tgl=freeze", r"tgl.block_pattern='h\.(\d+)\.mlp\.'", "data.num_stages=2",
+                      "trainer.steps_per_stage=2"))
+    trace = json.loads((run_dir / "trace_stage_1.json").read_text())
+    logged = [key.removeprefix("grad_norm/") for key in read_jsonl_metrics(run_dir / "metrics.jsonl")[0]
+              if key.startswith("grad_norm/")]
+    assert logged == trace["layers"] and "other" in logged  # attention and block norms fall outside it
