@@ -12,6 +12,7 @@ lengths first, then copies tokens one Arrow chunk at a time).
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +28,10 @@ from lifelong.data.tokens import pack, pack_documents
 
 if TYPE_CHECKING:  # imported where used: a run on in-memory text never loads datasets
     import datasets
+
+
+# part of a packed cache's name: raise it when the layout pack_documents writes changes
+PACKING_VERSION = 1
 
 
 class CorpusFormatError(ValueError):
@@ -83,9 +88,9 @@ def pack_corpus(tokenized: datasets.Dataset, seq_len: int) -> torch.Tensor:
     if not tokenized.cache_files:  # an in-memory dataset (Dataset.from_dict, say): pack in memory
         return torch.from_numpy(_pack(ids, seq_len, lambda shape: np.empty(shape, dtype=np.int32)))
     arrow_file = Path(tokenized.cache_files[0]["filename"])
-    path = arrow_file.with_name(f"{arrow_file.stem}.packed{seq_len}.npy")
-    if not path.exists():
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    path = arrow_file.with_name(f"{arrow_file.stem}.packed{seq_len}.v{PACKING_VERSION}.npy")
+    if not path.exists():  # ranks on several nodes may share the cache: the host is part of the name
+        temporary = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
         out = _pack(ids, seq_len, lambda shape: np.lib.format.open_memmap(temporary, "w+", np.int32, shape))
         out.flush()
         del out

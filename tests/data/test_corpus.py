@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lifelong.data.corpus import load_corpus, pack_corpus, stage_blocks, tokenize_corpus
+from lifelong.data.corpus import PACKING_VERSION, load_corpus, pack_corpus, stage_blocks, tokenize_corpus
 from lifelong.data.jsonl import DataFormatError
 from lifelong.data.stream import TextFiles
 from lifelong.data.tokens import PAD, lm_inputs, pack, pack_documents, train_tokenizer
@@ -71,7 +71,7 @@ def test_arrow_path_equals_in_memory_packing_and_is_cached(tmp_path, tokenizer):
     assert tokenized.data.column("input_ids").num_chunks > 1  # packing crosses Arrow chunks
     blocks = pack_corpus(tokenized, 48)
     assert torch.equal(blocks, pack(tokenizer, TEXTS, 48))
-    packed = next((tmp_path / "cache").rglob("*.packed48.npy"))
+    packed = next((tmp_path / "cache").rglob(f"*.packed48.v{PACKING_VERSION}.npy"))
     written = packed.stat().st_mtime_ns
 
     again = tokenize_corpus(load_corpus(files), tokenizer)  # same tokenizer: datasets' cache
