@@ -80,8 +80,8 @@ def rows() -> list[str]:
                        ratio <= 1.03))
         tracing = tgl["tracing"]
         out.append(row("3", "TGL tracing, share of a stage",
-                       f"{tracing['fraction_of_stage']:.1%} ({tracing['trace_s']:.2f} s per trace, "
-                       f"stage of {tracing['stage_steps']} steps)"))
+                       f"{tracing['fraction_of_stage']:.1%} ({tracing['trace_s']:.2f} s per trace with selection "
+                       f"and plot, stage of {tracing['stage_steps']} steps)"))
     else:
         out.append(row("3", "tgl.py", "not run"))
     for name, batch in (("methods", "8x128"), ("methods_mb1", "1x128")):
