@@ -170,9 +170,11 @@ class JsonlDataConfig:
         require(self.vocab_size >= 300, "data.vocab_size", self.vocab_size, "an integer >= 300")
 
     def stage_count(self) -> int | None:
-        """One stage per sub-directory of data.path (as load_stream reads it); None if it is absent."""
+        """None while data.path is absent (check_input_paths reports it)."""
+        from lifelong.data.jsonl import stage_dirs
+
         root = Path(self.path)
-        return sum(p.is_dir() for p in root.iterdir()) if root.is_dir() else None
+        return len(stage_dirs(root)) if root.is_dir() else None
 
     def input_paths(self) -> dict[str, list[str]]:
         return {"data.path": [self.path]}

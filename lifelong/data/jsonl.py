@@ -62,14 +62,19 @@ def _probes(path: Path) -> list[Probe]:
     return [probe_from_record(r, f"{path}") for r in read_jsonl(path, ("text",))]
 
 
+def stage_dirs(root: Path) -> list[Path]:
+    """A stream's stages: the sub-directories of its root, in name order."""
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
 def load_stream(root: Path, cache_dir: str | None = None) -> Stream:
     if not root.is_dir():
         raise FileNotFoundError(f"data.path: stream directory not found: {root}")
-    stage_dirs = sorted(p for p in root.iterdir() if p.is_dir())
-    if len(stage_dirs) < 1:
+    directories = stage_dirs(root)
+    if not directories:
         raise FileNotFoundError(f"data.path: no stage directories in {root}")
     stages = []
-    for stage_dir in stage_dirs:
+    for stage_dir in directories:
         train_file = stage_dir / "train.jsonl"
         if not train_file.exists():
             raise FileNotFoundError(f"missing training file: {train_file}")
