@@ -302,8 +302,6 @@ def train(cfg: TrainConfig) -> dict:
             norms.clip_(total_norm, tc.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
-            # the schedule's rate this step used (a group's own, under tgl=adaptive_lr, is scaled)
-            lr = tc.lr * scheduler.get_last_lr()[0] / optimizer.param_groups[0]["initial_lr"]
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -311,7 +309,8 @@ def train(cfg: TrainConfig) -> dict:
                 steps_in_window = (step % tc.log_every) + 1
                 elapsed = time.perf_counter() - window_start
                 record = {"stage": t, "step": step + 1, "global_step": t * tc.steps_per_stage + step + 1,
-                          "lr": lr,
+                          # the schedule's rate at this step (under tgl=adaptive_lr each group scales it)
+                          "lr": tc.lr * scheduler.lr_lambdas[0](step),
                           "tokens_per_s": steps_in_window * step_batch * seq_len / elapsed}
                 # loss and norms stay on the device: they are written once they reach the host
                 values = torch.cat([(mean_across_ranks(window_loss) / steps_in_window).reshape(1),
