@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lifelong.config import TrainConfig, compose_train_config
+from lifelong.launch.checkpoint import checkpoint_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,6 +26,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(os.environ["HF_HOME"], ignore_errors=True)
+
+
+def crashed_copy(finished: Path, run_dir: Path, last_step: int) -> Path:
+    """`finished`'s run dir as a crash right after global step `last_step` would have left it: no
+    results.json, no checkpoint after that step (its later metrics are dropped on resume)."""
+    shutil.copytree(finished, run_dir)
+    (run_dir / "results.json").unlink()
+    for path in checkpoint_dir(run_dir).glob("step_*.pt"):
+        if int(path.stem.removeprefix("step_")) > last_step:
+            path.unlink()
+    return run_dir
 
 
 def make_config(run_dir: Path, *overrides: str) -> TrainConfig:

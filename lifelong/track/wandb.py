@@ -1,8 +1,8 @@
 """`logger=wandb`: everything metrics.jsonl gets, plus images and tables, in a wandb run.
 
 The run id is derived from the run's identity (its config, less what a relaunch may change,
-and its run dir), so a requeued or resumed job continues the same wandb run (`resume="allow"`). WANDB_MODE in the
-environment overrides `logger.mode`.
+and its run dir), so a requeued or resumed job continues the same wandb run
+(`resume="allow"`). WANDB_MODE in the environment overrides `logger.mode`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 from lifelong.launch.checkpoint import checkpoint_dir, load_latest_checkpoint
 from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.train import train
-from tests.conftest import REPO, make_config
+from tests.conftest import REPO, crashed_copy, make_config
 
 OVERRIDES = ["experiment=smoke", "trainer.steps_per_stage=40", "trainer.checkpoint_every=4"]
 pytestmark = pytest.mark.slow
@@ -112,12 +111,7 @@ def test_fp16_resume_at_a_stage_boundary_keeps_the_loss_scale(tmp_path):
     overrides = ["trainer.precision=fp16", "trainer.lr=1.0", "trainer.max_grad_norm=0", "data.num_stages=2",
                  "trainer.checkpoint_every=2", "trainer.keep_checkpoints=100"]
     reference = train(make_config(tmp_path / "reference", *overrides))
-    run_dir = tmp_path / "crashed"
-    shutil.copytree(tmp_path / "reference", run_dir)
-    (run_dir / "results.json").unlink()
-    for path in checkpoint_dir(run_dir).glob("step_*.pt"):
-        if path.name > "step_00000006.pt":  # keep up to the end of stage 0 (6 steps)
-            path.unlink()
+    run_dir = crashed_copy(tmp_path / "reference", tmp_path / "crashed", 6)  # at the end of stage 0 (6 steps)
     resumed = train(make_config(run_dir, *overrides))
     # as JSON, where NaN equals NaN
     assert json.dumps(losses(run_dir)) == json.dumps(losses(tmp_path / "reference"))

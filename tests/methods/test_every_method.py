@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import math
-import shutil
 
 import pytest
 
 from lifelong.config import CONF_DIR
-from lifelong.launch.checkpoint import checkpoint_dir
 from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.train import train
-from tests.conftest import make_config
+from tests.conftest import crashed_copy, make_config
 
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 STEPS = 6  # the smoke experiment's steps per stage
@@ -30,13 +28,8 @@ def test_method_runs_end_to_end_and_resumes_mid_last_stage(tmp_path, method):
     for probe_set in ("changed", "unchanged", "new"):
         assert math.isfinite(reference["probe_sets"][probe_set]["final"])
 
-    run_dir = tmp_path / "crashed"
-    shutil.copytree(tmp_path / "reference", run_dir)
-    (run_dir / "results.json").unlink()
     crash_step = (len(reference["stages"]) - 1) * STEPS + 2  # two steps into the last stage
-    for path in checkpoint_dir(run_dir).glob("step_*.pt"):
-        if int(path.stem.removeprefix("step_")) > crash_step:
-            path.unlink()
+    run_dir = crashed_copy(tmp_path / "reference", tmp_path / "crashed", crash_step)
     resumed = train(make_config(run_dir, *overrides))
     logged, expected = losses(run_dir), losses(tmp_path / "reference")
     assert list(logged) == list(expected)  # every step logged once, in order
