@@ -23,6 +23,11 @@ class Probe:
     def whole(cls, text: str) -> Probe:
         return cls(text, (0, len(text)))
 
+    @property
+    def prompt(self) -> str:
+        """The text before the span: all a left-to-right LM sees when it is to produce the span."""
+        return self.text[: self.span[0]]
+
 
 @dataclass(frozen=True)
 class TextFiles:

@@ -47,10 +47,6 @@ def fill(query: str, names: list[str], where: str) -> Probe:
     return Probe(text, (start, start + len(names[0])), tuple(names))
 
 
-def object_first(query: str) -> bool:
-    return not query[: query.index("_X_")].strip()
-
-
 def load_templama(files: list[Path], accuracy_top_k: int | None = 5) -> Stream:
     by_date: dict[str, list[tuple[tuple[str, str], Probe]]] = {}
     first_relations: list[str] = []  # the relation of every object-first query
@@ -62,8 +58,9 @@ def load_templama(files: list[Path], accuracy_top_k: int | None = 5) -> Stream:
             names = answers(record, where)
             parts = str(record["id"]).split("_")
             key = (parts[0], str(record["relation"]))
-            by_date.setdefault(str(record["date"]), []).append((key, fill(record["query"], names, where)))
-            if object_first(record["query"]):
+            probe = fill(record["query"], names, where)
+            by_date.setdefault(str(record["date"]), []).append((key, probe))
+            if not probe.prompt.strip():  # the object comes first
                 first_relations.append(key[1])
     if first_relations:
         total = sum(map(len, by_date.values()))

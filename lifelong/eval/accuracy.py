@@ -24,11 +24,6 @@ from lifelong.data.stream import Probe
 BATCH_SIZE = 32
 
 
-def has_prompt(probe: Probe) -> bool:
-    """Whether there is text before the span for greedy decoding to continue."""
-    return bool(probe.text[: probe.span[0]].strip())
-
-
 def answers(probe: Probe) -> tuple[str, ...]:
     """What a continuation is matched against: all of a fact's valid answers, else the span's text."""
     return probe.answers or (probe.text[probe.span[0] : probe.span[1]],)
@@ -37,7 +32,7 @@ def answers(probe: Probe) -> tuple[str, ...]:
 def encode(tokenizer, probe: Probe, answer: str) -> tuple[list[int], list[int]]:
     """(prompt ids, target ids) of a probe with `answer` in its span."""
     start = probe.span[0]
-    prompt = probe.text[:start].rstrip()
+    prompt = probe.prompt.rstrip()
     prompt_ids = [tokenizer.eos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
     # the target as the model sees it after the prompt: with its leading space, if any
     target = probe.text[len(prompt) : start] + answer
@@ -83,7 +78,7 @@ def span_accuracy(model: nn.Module, tokenizer, probes: list[Probe], device: torc
     """{"exact_match": share of probes whose greedy continuation is one of their answers, "top_k":
     share with an answer's first token among the k most likely next tokens}, over the probes with
     a prompt; None where there are none."""
-    scored = [probe for probe in probes if has_prompt(probe)]
+    scored = [probe for probe in probes if probe.prompt.strip()]  # something for decoding to continue
     if not scored:
         return {"exact_match": None, "top_k": None}
     pairs = [(i, answer) for i, probe in enumerate(scored) for answer in answers(probe)]
