@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA checks, for a machine with one GPU (CI has none): every method and TGL variant
-# trains on the GPU with bf16 autocast, fp16 with loss scaling trains, then benchmarks/gpu.py.
-#   bash benchmarks/gpu_check.sh [OUT_DIR]      (7 min on an H200)
+# trains on the GPU with bf16 autocast, fp16 with loss scaling trains (four runs at a time), then
+# benchmarks/gpu.py unless BENCH=0.
+#   bash benchmarks/gpu_check.sh [OUT_DIR]      (7 min on an H200; the runs alone ~2 min)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp/gpu_check}
@@ -12,7 +13,6 @@ export WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VE
 export PYTHONPATH="$PWD/.devpkgs:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
-status=0
 run() {  # run NAME OVERRIDES...: a short two-stage run on the GPU; its results.json is kept
   local name=$1; shift
   if python3 -m lifelong.train trainer=gpu data.num_stages=2 trainer.steps_per_stage=30 trainer.progress=false \
@@ -20,13 +20,20 @@ run() {  # run NAME OVERRIDES...: a short two-stage run on the GPU; its results.
     cp "/tmp/gpu_runs/$name/results.json" "$out/results_$name.json"
     echo "ok      $name: final new-probe perplexity $(python3 -c "import json; print(round(json.load(open('$out/results_$name.json'))['probe_sets']['new']['final'], 2))")"
   else
-    status=1; echo "FAILED  $name"; tail -30 "/tmp/gpu_runs_$name.log"
+    echo "FAILED  $name"; tail -30 "/tmp/gpu_runs_$name.log"; return 1
   fi
 }
-for method in finetune replay ewc lora migu lora_migu joint; do run "$method" "method=$method"; done
-for tgl in freeze adaptive_lr; do run "migu_$tgl" method=migu "tgl=$tgl"; done
-run fp16 trainer.precision=fp16
-run llama model=tiny_llama method=lora tgl=freeze
-python3 benchmarks/gpu.py --steps 100 --repeats 3 2>&1 | grep -v -E "it/s|examples/s|^\{'" || status=1
+export -f run
+export out
+status=0
+{
+  for method in finetune replay ewc lora migu lora_migu joint; do echo "$method method=$method"; done
+  for tgl in freeze adaptive_lr; do echo "migu_$tgl method=migu tgl=$tgl"; done
+  echo "fp16 trainer.precision=fp16"
+  echo "llama model=tiny_llama method=lora tgl=freeze"
+} | xargs -P 4 -L 1 bash -c 'run "$@"' _ || status=1
+if [ "${BENCH:-1}" != 0 ]; then
+  python3 benchmarks/gpu.py --steps 100 --repeats 3 2>&1 | grep -v -E "it/s|examples/s|^\{'" || status=1
+fi
 cp benchmarks/results/cuda_bf16.json "$out/" 2>/dev/null
 exit $status
