@@ -97,7 +97,10 @@ def hf_trainer_step_times(overrides: list[str], workdir: Path) -> list[float]:
                 synchronize(device)
                 stamps.append(time.perf_counter())
 
-    ids, labels = lm_inputs(blocks)
+    # the rows the other two loops train on, in their order: a stream of fewer blocks than a
+    # batch (16 x 512 on a GPU) repeats them, as lifelong's stage_batches does
+    order = stage_batches(blocks, tc.steps_per_stage, tc.micro_batch_size, 0)
+    ids, labels = lm_inputs(blocks[order])
     dataset = [{"input_ids": i, "labels": lab} for i, lab in zip(ids, labels, strict=True)]
     args = TrainingArguments(
         output_dir=str(workdir / "hf"), per_device_train_batch_size=tc.micro_batch_size,
@@ -106,9 +109,7 @@ def hf_trainer_step_times(overrides: list[str], workdir: Path) -> list[float]:
         warmup_steps=round(tc.warmup_fraction * tc.steps_per_stage), logging_steps=tc.log_every,
         save_strategy="no", report_to=[], use_cpu=device.type == "cpu", bf16=tc.precision is Precision.bf16,
         disable_tqdm=True, dataloader_num_workers=0, seed=cfg.seed, optim="adamw_torch_fused",
-        # every step a full batch, as in the other two: without it each epoch ends in a short batch
-        # (43 blocks in batches of 8 -> a step of 3 rows), ~10% fewer tokens per step on average
-        dataloader_drop_last=True,
+        dataloader_drop_last=True,  # every step a full batch, as in the other two
     )
     Trainer(model=model, args=args, train_dataset=dataset, callbacks=[WindowClock()]).train()
     return window_means(stamps, tc.log_every)

@@ -67,10 +67,10 @@ def row_quantile(x: torch.Tensor, q: float) -> torch.Tensor:
     return torch.lerp(below, above, position - low)
 
 
-def output_magnitude(output: torch.Tensor) -> torch.Tensor:
-    """Sum of |output| over every dim but the last (the output features), accumulated in fp32.
+def output_magnitudes(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each output's |values| summed over every dim but the last (the output features), in fp32.
     abs().sum(): 14x faster than linalg.vector_norm(ord=1) on CPU (measured)."""
-    return output.abs().sum(dim=tuple(range(output.dim() - 1)), dtype=torch.float32)
+    return [o.abs().sum(dim=tuple(range(o.dim() - 1)), dtype=torch.float32) for o in outputs]
 
 
 def linear_targets(model: nn.Module) -> list[Target]:
@@ -90,11 +90,12 @@ class MIGU(Method):
         self.targets: list[Target] = []
         self.handles: list[Any] = []
         self.counted: set[nn.Module] = set()  # sources whose sums hold this step's magnitudes
+        self.pending: dict[nn.Module, tuple[torch.Tensor, int]] = {}  # source -> (output, its version)
         self.sums = torch.zeros(0)  # every source's per-row sums, sources of one width adjacent
         self.rows: dict[nn.Module, torch.Tensor] = {}  # source -> its view of `sums`
         self.by_width: list[tuple[torch.Tensor, torch.Tensor]] = []  # [layers, width] views of sums, keep
         self.row_masks: list[torch.Tensor] = []  # per target, its view of the keep flags
-        self.output_magnitude = output_magnitude
+        self.output_magnitudes = output_magnitudes
 
     def find_targets(self, model: nn.Module) -> list[Target]:
         return linear_targets(model)
@@ -103,7 +104,7 @@ class MIGU(Method):
         self.active = ctx.index > 0
         for handle in self.handles:
             handle.remove()
-        self.handles, self.counted = [], set()
+        self.handles, self.counted, self.pending = [], set(), {}
         if not self.active:
             return
         # targets are found again each stage: TGL freeze may have changed what is trainable
@@ -124,27 +125,45 @@ class MIGU(Method):
                 keep_rows[source] = keep[offset : offset + layer_width]
             start = end
         self.row_masks = [t.row_mask(keep_rows[t.source]) for t in self.targets]
-        # On a GPU eager abs().sum() writes |output| out and reads it back to reduce across
-        # tokens: MIGU cost 1.15x finetune's step (gpt2_100m, bf16, H200). Compiled, it is one
-        # kernel reading each output once. It compiles at the first step (a few seconds).
-        self.output_magnitude = torch.compile(output_magnitude) if device.type == "cuda" else output_magnitude
+        # On a GPU eager abs().sum() writes |output| out and reads it back: MIGU was 1.15-1.2x
+        # finetune's step (gpt2_100m, bf16, H200). Compiled, each output is read once, and one
+        # call per micro-batch keeps torch.compile's per-call host cost off every layer (one call
+        # per layer measured 1.47x). It compiles at the first step (a few seconds).
+        compiled = device.type == "cuda"
+        self.output_magnitudes = torch.compile(output_magnitudes) if compiled else output_magnitudes
         for source in sources:
             self.handles.append(source.register_forward_hook(self._accumulate))
 
     def _accumulate(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         if not module.training:
             return
+        if module in self.pending:  # a later micro-batch of the step: fold in the previous one's
+            self._sum_pending()
         output = output.detach()
-        magnitude = self.output_magnitude(output)
-        if module in self.counted:  # a later micro-batch of the step
-            self.rows[module].add_(magnitude)
-        else:
-            self.rows[module].copy_(magnitude)
-            self.counted.add(module)
+        self.pending[module] = (output, output._version)
+
+    @torch.no_grad()
+    def _sum_pending(self) -> None:
+        """Add the held outputs' magnitudes to their sources' sums. Outputs are held until the
+        micro-batch ends (at most one micro-batch's linear outputs, most of which its backward
+        keeps anyway) so that one call sums them all."""
+        if not self.pending:
+            return
+        for module, (output, version) in self.pending.items():
+            if output._version != version:
+                raise RuntimeError(f"MIGU: the model changed the output of {type(module).__name__} in place after "
+                                   "its forward; MIGU needs the output as the layer returned it")
+        magnitudes = self.output_magnitudes([output for output, _ in self.pending.values()])
+        torch._foreach_add_([self.rows[module] for module in self.pending], magnitudes)
+        self.counted.update(self.pending)
+        self.pending = {}
 
     @torch.no_grad()
     def transform_gradients(self, model: nn.Module) -> None:
-        if not self.active or not self.counted:
+        if not self.active:
+            return
+        self._sum_pending()
+        if not self.counted:
             return
         if dist.is_available() and dist.is_initialized():  # one collective for all layers
             dist.all_reduce(self.sums, op=dist.ReduceOp.AVG)
@@ -156,6 +175,7 @@ class MIGU(Method):
         if pairs:
             grads, masks = zip(*pairs, strict=True)
             torch._foreach_mul_(list(grads), list(masks))
+        self.sums.zero_()
         self.counted = set()
 
     def state_dict(self) -> dict[str, Any]:

@@ -109,6 +109,18 @@ def test_first_stage_is_unmasked_and_eval_does_not_count(tokenizer, tmp_path):
     assert not migu.counted
 
 
+def test_an_output_changed_in_place_after_its_layer_is_an_error(tokenizer, tmp_path):
+    """MIGU sums a micro-batch's outputs once it ends: an output the model changes in place in the
+    meantime would feed it other values than the layer returned, so that is an error."""
+    model = tiny_model(tokenizer)
+    data = [blocks(len(tokenizer), 2, seed=0)]
+    migu = MIGU(MIGUConfig())
+    migu.before_stage(context(1, data, model, tmp_path))
+    model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda module, inputs, output: output.mul_(2))
+    with pytest.raises(RuntimeError, match="Conv1D in place"):
+        one_step(model, migu, data)
+
+
 def test_lora_migu_masks_a_by_xa_and_b_by_the_layers_output(tokenizer, tmp_path):
     model = tiny_model(tokenizer)
     data = [blocks(len(tokenizer), 2, seed=0)]
