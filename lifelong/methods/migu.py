@@ -16,7 +16,9 @@ masking vocabulary rows there would also mask the input embeddings.
 A GPU step of a ~100M model is partly launch-bound, so the per-step work is a fixed plan made
 once per stage: all sums live in one flat buffer (one collective under DDP), ordered so that
 the layers of one width form one [layers, width] view (one threshold and one comparison per
-width), and every weight's mask is a view of one flat boolean buffer made in advance.
+width), and every weight's mask is a view of one flat boolean buffer made in advance. The
+hooks only hold each layer's output; when the micro-batch ends (at the next micro-batch's first
+hook, or at the step boundary) one call sums them all, compiled on a GPU.
 """
 
 from __future__ import annotations
