@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import statistics
 import subprocess
 from collections.abc import Callable
@@ -30,7 +31,11 @@ def git(*args: str) -> str:
 
 
 def code_version() -> str:
-    """The commit the figures come from, "+" if the working tree differed from it."""
+    """The commit the figures come from, "+" if the working tree differed from it; or
+    $LIFELONG_CODE_VERSION where set: a machine that received a copy of the working tree may hold a
+    stale .git (the device tool's copy keeps the session's first), so the sender names the commit."""
+    if os.environ.get("LIFELONG_CODE_VERSION"):
+        return os.environ["LIFELONG_CODE_VERSION"]
     # the figures themselves are tracked files: writing them does not make the code differ
     changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results",
                   ":!benchmarks/RESULTS.md")

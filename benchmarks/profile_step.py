@@ -17,6 +17,8 @@ import time
 from common import stage1_step, synchronize
 from torch.profiler import ProfilerActivity, profile
 
+from lifelong.launch.host_memory import keep_freed_host_memory
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -25,6 +27,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the run's config")
     args = parser.parse_args()
+    keep_freed_host_memory()  # as the trainer does (trainer.keep_host_memory)
     step, device = stage1_step(args.overrides, args.micro_batch)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     synchronize(device)

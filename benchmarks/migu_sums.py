@@ -1,0 +1,90 @@
+"""Where MIGU's extra step time goes: ways of summing |output| side by side, paired rounds.
+
+    python benchmarks/migu_sums.py [--rounds 20] [--steps 10] [--micro-batch 16] [--device cuda]
+
+MIGU misses its target on the GPU (benchmarks/RESULTS.md); this script tells its parts apart.
+Every variant gets its own model and optimizer, prepared as for stage 1 (common.stage1_step),
+and runs `--steps` steps per round next to finetune's in a rotating order:
+  migu             as shipped (on a GPU the outputs of a micro-batch summed in one compiled call)
+  migu_eager       the same sums without torch.compile (abs() writes |output| out, sum reads it)
+  migu_combo       compiled with Inductor's combo kernels (the per-output reductions merged into
+                   fewer launches; experimental in torch)
+  migu_no_sums     hooks and masking only: the sums are never computed (masks from zeros)
+On a GPU the step is gpt2_100m, 16 x 512, bf16 as in gpu.py; on a CPU the tiny preset. Prints
+each variant's median step time and its median ratio to finetune's step; saves nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+from common import stage1_step, synchronize
+from torch._inductor import config as inductor_config
+
+import lifelong.methods.migu as migu_module
+from lifelong.methods.migu import MIGU
+
+GPU = ["trainer=gpu", "trainer.device=cuda", "model=gpt2_100m", "data.seq_len=512", "model.max_seq_len=512"]
+
+
+@contextlib.contextmanager
+def patched(target: object, name: str, value: object) -> Iterator[None]:
+    original = getattr(target, name)
+    setattr(target, name, value)
+    try:
+        yield
+    finally:
+        setattr(target, name, original)
+
+
+def no_sums(self: MIGU, module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
+    if module.training:
+        self.counted.add(module)
+
+
+VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
+    "finetune": contextlib.nullcontext,
+    "migu": contextlib.nullcontext,
+    "migu_eager": lambda: patched(migu_module.torch, "compile", lambda function: function),
+    "migu_combo": lambda: inductor_config.patch(combo_kernels=True),
+    "migu_no_sums": lambda: patched(MIGU, "_accumulate", no_sums),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--micro-batch", type=int, default=16)
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    overrides = GPU if args.device == "cuda" else ["trainer.device=cpu"]
+    steps = {}
+    for name, context in VARIANTS.items():
+        with context():  # the compile (first steps, in stage1_step) happens inside it
+            method = "finetune" if name == "finetune" else "migu"
+            steps[name], device = stage1_step([*overrides, f"method={method}"], args.micro_batch)
+    names, times = list(steps), {name: [] for name in steps}
+    for round_index in range(args.rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                steps[name]()
+            synchronize(device)
+            times[name].append((time.perf_counter() - start) / args.steps)
+    for name in names:
+        ratios = [a / b for a, b in zip(times[name], times["finetune"], strict=True)]
+        quartiles = statistics.quantiles(ratios, n=4)[::2]
+        print(f"{name:14s} {statistics.median(times[name]) * 1e3:8.2f} ms  {statistics.median(ratios):.3f}x "
+              f"(quartiles {quartiles[0]:.3f}-{quartiles[1]:.3f})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
