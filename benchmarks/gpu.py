@@ -5,7 +5,9 @@
 On `trainer=gpu` (bf16 autocast), model gpt2_100m, batch 16 x 512 unless a figure says so:
 1-2. lifelong vs. a bare loop vs. the HF Trainer (bf16), timed as in overhead.py;
 3.   per-layer grad-norm logging every step vs. every steps/4; MIGU and EWC vs. finetune, each
-     step as in stage 1, in 10 x --repeats paired rounds of 10 steps (methods_paired.py);
+     step as in stage 1, in 10 x --repeats paired rounds of 10 steps (methods_paired.py); the
+     same at paper scale (`methods_paper_scale`: --paper-model, gpt2_large, 8 x 512 as
+     TemporalWiki's GPT-2 runs per GPU), where the GPU rather than the host bounds the step;
 6.   tokens/s and MFU of tiny_gpt2, tiny_llama (16 x 128) and gpt2_100m.
 MFU = (6 N + 12 L d s) x tokens/s / the GPU's dense bf16 peak (nanoGPT's estimate; N all
 parameters, s the sequence length). Writes benchmarks/results/cuda_bf16.json.
@@ -26,7 +28,7 @@ from overhead import compare, summary
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, SXM
 
 
-PARTS = ("overhead", "logging", "methods", "throughput")
+PARTS = ("overhead", "logging", "methods", "methods_paper_scale", "throughput")
 
 
 def main() -> None:
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="gpt2_100m")
+    parser.add_argument("--paper-model", default="gpt2_large", help="methods_paper_scale's model")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of this script's code paths")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help="measure only these; the others are kept from the existing JSON")
@@ -51,6 +54,8 @@ def main() -> None:
             return steady_median(lifelong_step_times([*large, *overrides], Path(tmp) / tag, stage))
 
     parts = args.parts.split(",")
+    if unknown := [part for part in parts if part not in PARTS]:  # before any part spends device time
+        parser.error(f"--parts: unknown {', '.join(unknown)}; allowed: {', '.join(PARTS)}")
     for part in parts:  # each part's ratios come from one run on one machine
         measured: dict = {"device": name, "steps": args.steps, "commit": code_version()}
         if part == "overhead":
@@ -63,14 +68,16 @@ def main() -> None:
                             target="<= 1.03")
         elif part == "methods":  # paired rounds in this process, as methods_paired.py (3 models on the GPU)
             measured.update(paired_step_times(large, METHODS, 16, args.repeats * 10, 10), targets=TARGETS)
+        elif part == "methods_paper_scale":
+            paper = [*large, f"model={args.paper_model}", "trainer.micro_batch_size=8"]
+            measured.update(paired_step_times(paper, METHODS, 8, args.repeats * 10, 10), targets=TARGETS,
+                            model=args.paper_model, batch=[8, 512])
         elif part == "throughput":
             measured.update(peak_bf16_flops=peak, presets=throughput(large, args.model, peak, step_time))
-        else:
-            parser.error(f"--parts: unknown {part}; allowed: {', '.join(PARTS)}")
         result[part] = measured
         print(json.dumps({part: measured}, indent=2), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+        RESULTS.mkdir(exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))  # after each part: a part cut off loses only itself
 
 
 def throughput(large: list[str], model: str, peak: float | None, step_time) -> dict:

@@ -15,6 +15,7 @@ import argparse
 import time
 
 from common import stage1_step, synchronize
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from lifelong.launch.host_memory import keep_freed_host_memory
@@ -46,7 +47,8 @@ def main() -> None:
     print(f"{' '.join(args.overrides) or 'defaults'}: wall {wall * 1e3:.2f} ms/step, "
           f"ops' host time {host:.2f} ms/step (profiled), {ops:.0f} aten calls/step")
     if device.type == "cuda":
-        busy = sum(e.self_device_time_total for e in events) / 1e3 / args.steps
+        # kernels only: an op's row repeats its kernels' time
+        busy = sum(e.self_device_time_total for e in events if e.device_type != DeviceType.CPU) / 1e3 / args.steps
         print(f"  GPU busy {busy:.2f} ms/step = {busy / (wall * 1e3):.0%} of the wall time")
         sort = "self_device_time_total"
     else:

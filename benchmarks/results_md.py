@@ -77,6 +77,22 @@ def overhead_rows(overhead: dict, batch: str, device: str = "") -> list[str]:
     ]
 
 
+def gpu_method_rows(methods: dict, setting: str) -> list[str]:
+    """MIGU's and EWC's step / finetune's on the GPU, paired rounds, flagged where the method's
+    code changed since."""
+    out = []
+    for name, target in (("migu", 1.05), ("ewc", 1.10)):
+        method_file = f"lifelong/methods/{name}.py"
+        stale = changed_since(methods.get("commit"), method_file)
+        ratio, quartiles = methods["ratio_vs_finetune"][name], methods.get("ratio_quartiles", {}).get(name)
+        spread_text = f" (quartiles {quartiles[0]:.3f}-{quartiles[1]:.3f})" if quartiles else ""
+        out.append(row("3 GPU", f"{name} step / finetune step, {setting}, paired rounds (code at {methods['commit']})",
+                       f"{ratio:.3f}x{spread_text}"
+                       + (f" (measured before later changes to {method_file})" if stale else ""),
+                       f"<= {target}", ratio <= target))
+    return out
+
+
 def rows() -> list[str]:
     out = []
     overhead, small = load("overhead"), load("overhead_mb1")
@@ -171,15 +187,13 @@ def rows() -> list[str]:
         out += overhead_rows(over, on, " GPU")
         out.append(row("3 GPU", f"grad-norm logging every step / every {logging['rarely_every']} (code at "
                        f"{logging['commit']})", f"{logging['ratio']:.3f}x", "<= 1.03", logging["ratio"] <= 1.03))
-        for name, target in (("migu", 1.05), ("ewc", 1.10)):
-            method_file = f"lifelong/methods/{name}.py"
-            stale = changed_since(methods.get("commit"), method_file)
-            ratio, quartiles = methods["ratio_vs_finetune"][name], methods.get("ratio_quartiles", {}).get(name)
-            spread_text = f" (quartiles {quartiles[0]:.3f}-{quartiles[1]:.3f})" if quartiles else ""
-            out.append(row("3 GPU", f"{name} step / finetune step, paired rounds (code at {methods['commit']})",
-                           f"{ratio:.3f}x{spread_text}"
-                           + (f" (measured before later changes to {method_file})" if stale else ""),
-                           f"<= {target}", ratio <= target))
+        out += gpu_method_rows(methods, "gpt2_100m 16x512")
+        paper = cuda.get("methods_paper_scale")
+        if paper:
+            out += gpu_method_rows(paper, f"paper scale, {paper['model']} {paper['batch'][0]}x{paper['batch'][1]}")
+        else:
+            out.append(row("3 GPU", "migu and ewc step / finetune step at paper scale (gpu.py methods_paper_scale)",
+                           "not run"))
         for preset, f in cuda["throughput"]["presets"].items():
             mfu = f", MFU {f['mfu']:.1%}" if f["mfu"] is not None else ""
             out.append(row("6 GPU", f"{preset} ({f['parameters'] / 1e6:.1f}M params, {f['batch'][0]}x{f['batch'][1]}, "
