@@ -17,8 +17,8 @@ A GPU step of a ~100M model is partly launch-bound, so the per-step work is a fi
 once per stage: all sums live in one flat buffer (one collective under DDP), ordered so that
 the layers of one width form one [layers, width] view (one threshold and one comparison per
 width), and every weight's mask is a view of one flat boolean buffer made in advance. The
-hooks only hold each layer's output; when the micro-batch ends (at the next micro-batch's first
-hook, or at the step boundary) one call sums them all, compiled on a GPU.
+layers' hooks only hold their outputs; when the model's forward returns, one call sums them all
+(compiled on a GPU), so they are held through the forward alone, not the backward.
 """
 
 from __future__ import annotations
@@ -135,20 +135,22 @@ class MIGU(Method):
         self.output_magnitudes = torch.compile(output_magnitudes) if compiled else output_magnitudes
         for source in sources:
             self.handles.append(source.register_forward_hook(self._accumulate))
+        self.handles.append(ctx.model.register_forward_hook(self._forward_done))
 
     def _accumulate(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         if not module.training:
             return
-        if module in self.pending:  # a later micro-batch of the step: fold in the previous one's
+        if module in self.pending:  # a layer run twice in one forward
             self._sum_pending()
         output = output.detach()
         self.pending[module] = (output, output._version)
 
+    def _forward_done(self, model: nn.Module, inputs: Any, output: Any) -> None:
+        self._sum_pending()
+
     @torch.no_grad()
     def _sum_pending(self) -> None:
-        """Add the held outputs' magnitudes to their sources' sums. Outputs are held until the
-        micro-batch ends (at most one micro-batch's linear outputs, most of which its backward
-        keeps anyway) so that one call sums them all."""
+        """Add the held outputs' magnitudes to their sources' sums, all in one call."""
         if not self.pending:
             return
         for module, (output, version) in self.pending.items():

@@ -109,6 +109,18 @@ def test_first_stage_is_unmasked_and_eval_does_not_count(tokenizer, tmp_path):
     assert not migu.counted
 
 
+def test_outputs_are_released_when_the_forward_returns(tokenizer, tmp_path):
+    """The layers' outputs are held only until the model's forward returns: not through the
+    backward, where they would add to the step's peak memory."""
+    model = tiny_model(tokenizer)
+    data = [blocks(len(tokenizer), 2, seed=0)]
+    migu = MIGU(MIGUConfig())
+    migu.before_stage(context(1, data, model, tmp_path))
+    loss = model(input_ids=data[0], labels=data[0]).loss
+    assert not migu.pending and len(migu.counted) == 2 * 4
+    loss.backward()
+
+
 def test_an_output_changed_in_place_after_its_layer_is_an_error(tokenizer, tmp_path):
     """MIGU sums a micro-batch's outputs once it ends: an output the model changes in place in the
     meantime would feed it other values than the layer returned, so that is an error."""
