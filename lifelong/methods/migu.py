@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,7 +158,15 @@ class MIGU(Method):
             if output._version != version:
                 raise RuntimeError(f"MIGU: the model changed the output of {type(module).__name__} in place after "
                                    "its forward; MIGU needs the output as the layer returned it")
-        magnitudes = self.output_magnitudes([output for output, _ in self.pending.values()])
+        outputs = [output for output, _ in self.pending.values()]
+        try:
+            magnitudes = self.output_magnitudes(outputs)
+        except Exception as error:  # torch.compile needs Triton and a GPU it supports (sm_70 on)
+            if self.output_magnitudes is output_magnitudes:
+                raise
+            warnings.warn(f"MIGU: torch.compile failed, so |output| is summed eagerly (slower): {error}", stacklevel=1)
+            self.output_magnitudes = output_magnitudes
+            magnitudes = output_magnitudes(outputs)
         torch._foreach_add_([self.rows[module] for module in self.pending], magnitudes)
         self.counted.update(self.pending)
         self.pending = {}

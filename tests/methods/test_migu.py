@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
@@ -10,7 +12,7 @@ from transformers.pytorch_utils import Conv1D
 
 from lifelong.config import ConfigError, validate_command_line
 from lifelong.methods.lora_migu import LoRAMIGU, LoRAMIGUConfig
-from lifelong.methods.migu import MIGU, MIGUConfig, row_quantile
+from lifelong.methods.migu import MIGU, MIGUConfig, output_magnitudes, row_quantile
 from tests.methods.conftest import blocks, context, tiny_model
 
 
@@ -119,6 +121,28 @@ def test_outputs_are_released_when_the_forward_returns(tokenizer, tmp_path):
     loss = model(input_ids=data[0], labels=data[0]).loss
     assert not migu.pending and len(migu.counted) == 2 * 4
     loss.backward()
+
+
+def test_a_compile_that_fails_falls_back_to_eager_sums(tokenizer, tmp_path):
+    """On a GPU the sums are compiled; where torch.compile cannot build them (no Triton, an old
+    GPU) MIGU warns and sums eagerly, with the same masks."""
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no Triton here")
+
+    data = [blocks(len(tokenizer), 2, seed=0)]
+    trained = {}
+    for name, magnitudes in (("eager", output_magnitudes),
+                             ("broken", torch.compile(output_magnitudes, backend=broken_backend))):
+        model = tiny_model(tokenizer)
+        migu = MIGU(MIGUConfig())
+        migu.before_stage(context(1, data, model, tmp_path))
+        migu.output_magnitudes = magnitudes  # as before_stage sets it on a GPU
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            one_step(model, migu, data)
+        assert any("torch.compile failed" in str(w.message) for w in caught) == (name == "broken")
+        trained[name] = model.transformer.h[0].mlp.c_fc.weight.detach().clone()
+    assert torch.equal(trained["eager"], trained["broken"])
 
 
 def test_an_output_changed_in_place_after_its_layer_is_an_error(tokenizer, tmp_path):
