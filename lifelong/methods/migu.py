@@ -130,8 +130,8 @@ class MIGU(Method):
         self.row_masks = [t.row_mask(keep_rows[t.source]) for t in self.targets]
         # On a GPU eager abs().sum() writes |output| out and reads it back: MIGU was 1.15-1.2x
         # finetune's step (gpt2_100m, bf16, H200). Compiled, each output is read once, and one
-        # call per micro-batch keeps torch.compile's per-call host cost off every layer (one call
-        # per layer measured 1.47x). It compiles at the first step (a few seconds).
+        # call per forward keeps torch.compile's per-call host cost off every layer (one call per
+        # layer measured 1.47x). It compiles at the first step (a few seconds).
         compiled = device.type == "cuda"
         self.output_magnitudes = torch.compile(output_magnitudes) if compiled else output_magnitudes
         for source in sources:
