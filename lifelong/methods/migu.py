@@ -23,9 +23,11 @@ layers' hooks only hold their outputs; when the model's forward returns, one cal
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +76,13 @@ def output_magnitudes(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
     """Each output's |values| summed over every dim but the last (the output features), in fp32.
     abs().sum(): 14x faster than linalg.vector_norm(ord=1) on CPU (measured)."""
     return [o.abs().sum(dim=tuple(range(o.dim() - 1)), dtype=torch.float32) for o in outputs]
+
+
+@functools.cache
+def compiled_output_magnitudes() -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    """`output_magnitudes` compiled, one wrapper per process: a new one each stage would compile
+    again each stage, and past Dynamo's limit of 8 compiles it silently runs eagerly."""
+    return torch.compile(output_magnitudes)
 
 
 def linear_targets(model: nn.Module) -> list[Target]:
@@ -132,8 +141,8 @@ class MIGU(Method):
         # finetune's step (gpt2_100m, bf16, H200). Compiled, each output is read once, and one
         # call per forward keeps torch.compile's per-call host cost off every layer (one call per
         # layer measured 1.47x). It compiles at the first step (a few seconds).
-        compiled = device.type == "cuda"
-        self.output_magnitudes = torch.compile(output_magnitudes) if compiled else output_magnitudes
+        on_gpu = device.type == "cuda"
+        self.output_magnitudes = compiled_output_magnitudes() if on_gpu else output_magnitudes
         for source in sources:
             self.handles.append(source.register_forward_hook(self._accumulate))
         self.handles.append(ctx.model.register_forward_hook(self._forward_done))
