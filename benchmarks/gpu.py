@@ -1,6 +1,6 @@
 """The CUDA path with bf16 autocast on one GPU: issue 9's figures 1-3 and 6 there.
 
-    python benchmarks/gpu.py [--steps 100] [--repeats 3] [--model gpt2_100m] [--device cuda]
+    python benchmarks/gpu.py [--steps 100] [--repeats 3] [--overhead-repeats 5] [--model gpt2_100m] [--device cuda]
 
 On `trainer=gpu` (bf16 autocast), model gpt2_100m, batch 16 x 512 unless a figure says so:
 1-2. lifelong vs. a bare loop vs. the HF Trainer (bf16), timed as in overhead.py;
@@ -34,7 +34,9 @@ PARTS = ("overhead", "logging", "methods", "methods_paper_scale", "throughput")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="10 x this many paired rounds per methods part")
+    parser.add_argument("--overhead-repeats", type=int, default=5,
+                        help="runs of each loop (fresh interpreters) in the overhead part: 3 were too noisy on an H200")
     parser.add_argument("--model", default="gpt2_100m")
     parser.add_argument("--paper-model", default="gpt2_large", help="methods_paper_scale's model")
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of this script's code paths")
@@ -59,7 +61,7 @@ def main() -> None:
     for part in parts:  # each part's ratios come from one run on one machine
         measured: dict = {"device": name, "steps": args.steps, "commit": code_version()}
         if part == "overhead":
-            measured.update(summary(compare(large, args.repeats)), repeats=args.repeats)
+            measured.update(summary(compare(large, args.overhead_repeats)), repeats=args.overhead_repeats)
         elif part == "logging":
             rarely_every = args.steps // 4
             every = step_time(["trainer.log_every=1"], 0, "every")

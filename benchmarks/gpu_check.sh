@@ -2,7 +2,7 @@
 # The CUDA checks, for a machine with one GPU (CI has none): every method and TGL variant
 # trains on the GPU with bf16 autocast, fp16 with loss scaling trains (four runs at a time), then
 # benchmarks/gpu.py unless BENCH=0.
-#   bash benchmarks/gpu_check.sh [OUT_DIR]      (~8 min on an H200; the runs alone ~2 min)
+#   bash benchmarks/gpu_check.sh [OUT_DIR]      (~10 min on an H200; the runs alone ~2 min)
 # Where this tree is a copy whose .git may be stale, name the commit: LIFELONG_CODE_VERSION=<hash>.
 set -uo pipefail
 cd "$(dirname "$0")/.."
