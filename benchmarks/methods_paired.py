@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from common import save_result, stage1_step, synchronize
@@ -30,25 +31,32 @@ TARGETS = {"migu": 1.05, "ewc": 1.10}
 def paired_step_times(overrides: list[str], methods: list[str], micro_batch: int, rounds: int,
                       steps: int) -> dict:
     """Step times of `methods` (the first is the reference) in paired rounds, and their ratios."""
-    prepared = {m: stage1_step([*overrides, f"method={m}"], micro_batch) for m in methods}
-    times: dict[str, list[float]] = {m: [] for m in methods}
+    return paired_rounds({m: stage1_step([*overrides, f"method={m}"], micro_batch) for m in methods}, rounds, steps)
+
+
+def paired_rounds(prepared: dict[str, tuple[Callable[[], None], torch.device]], rounds: int, steps: int) -> dict:
+    """Time prepared steps (name -> (step, device), the first the reference) in paired rounds:
+    each round runs `steps` steps of each in a rotating order. Median times, median ratios and
+    the ratios' quartiles."""
+    names = list(prepared)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(rounds):
-        shift = round_index % len(methods)
-        for method in methods[shift:] + methods[:shift]:
-            step, device = prepared[method]
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            step, device = prepared[name]
             synchronize(device)
             start = time.perf_counter()
             for _ in range(steps):
                 step()
             synchronize(device)
-            times[method].append((time.perf_counter() - start) / steps)
-    ratios = {m: [a / b for a, b in zip(times[m], times[methods[0]], strict=True)] for m in methods}
+            times[name].append((time.perf_counter() - start) / steps)
+    ratios = {name: [a / b for a, b in zip(times[name], times[names[0]], strict=True)] for name in names}
     return {
         "rounds": rounds,
         "steps_per_round": steps,
-        "step_time_s": {m: statistics.median(t) for m, t in times.items()},
-        "ratio_vs_finetune": {m: statistics.median(r) for m, r in ratios.items()},
-        "ratio_quartiles": {m: statistics.quantiles(r, n=4)[::2] for m, r in ratios.items()},
+        "step_time_s": {name: statistics.median(t) for name, t in times.items()},
+        "ratio_vs_finetune": {name: statistics.median(r) for name, r in ratios.items()},
+        "ratio_quartiles": {name: statistics.quantiles(r, n=4)[::2] for name, r in ratios.items()},
     }
 
 

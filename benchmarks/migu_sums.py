@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
-import time
 from collections.abc import Callable, Iterator
 
 import torch
-from common import stage1_step, synchronize
+from common import stage1_step
+from methods_paired import paired_rounds
 
 import lifelong.methods.migu as migu_module
 from lifelong.methods.migu import MIGU, output_magnitudes
@@ -64,27 +63,16 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     overrides = GPU if args.device == "cuda" else ["trainer.device=cpu"]
-    steps = {}
+    prepared = {}
     for name, context in VARIANTS.items():
         with context():
             method = "finetune" if name == "finetune" else "migu"
-            steps[name], device = stage1_step([*overrides, f"method={method}"], args.micro_batch)
-    names, times = list(steps), {name: [] for name in steps}
-    for round_index in range(args.rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                steps[name]()
-            synchronize(device)
-            times[name].append((time.perf_counter() - start) / args.steps)
-    for name in names:
-        ratios = [a / b for a, b in zip(times[name], times["finetune"], strict=True)]
-        quartiles = statistics.quantiles(ratios, n=4)[::2]
-        print(f"{name:14s} {statistics.median(times[name]) * 1e3:8.2f} ms  {statistics.median(ratios):.3f}x "
-              f"(quartiles {quartiles[0]:.3f}-{quartiles[1]:.3f})", flush=True)
-
+            prepared[name] = stage1_step([*overrides, f"method={method}"], args.micro_batch)
+    measured = paired_rounds(prepared, args.rounds, args.steps)
+    for name in prepared:
+        low, high = measured["ratio_quartiles"][name]
+        print(f"{name:14s} {measured['step_time_s'][name] * 1e3:8.2f} ms  {measured['ratio_vs_finetune'][name]:.3f}x "
+              f"(quartiles {low:.3f}-{high:.3f})", flush=True)
 
 if __name__ == "__main__":
     main()
