@@ -11,6 +11,7 @@ import pytest
 
 from lifelong.config import TrainConfig, compose_train_config
 from lifelong.launch.checkpoint import checkpoint_dir
+from lifelong.track.jsonl import read_jsonl_metrics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,6 +38,11 @@ def crashed_copy(finished: Path, run_dir: Path, last_step: int) -> Path:
         if int(path.stem.removeprefix("step_")) > last_step:
             path.unlink()
     return run_dir
+
+
+def losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(global step, loss) of every record the run logged, in order."""
+    return [(r["global_step"], r["loss"]) for r in read_jsonl_metrics(run_dir / "metrics.jsonl")]
 
 
 def make_config(run_dir: Path, *overrides: str) -> TrainConfig:

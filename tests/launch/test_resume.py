@@ -13,7 +13,7 @@ import pytest
 from lifelong.launch.checkpoint import checkpoint_dir, load_latest_checkpoint
 from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.train import train
-from tests.conftest import REPO, crashed_copy, make_config
+from tests.conftest import REPO, crashed_copy, losses, make_config
 
 OVERRIDES = ["experiment=smoke", "trainer.steps_per_stage=40", "trainer.checkpoint_every=4"]
 pytestmark = pytest.mark.slow
@@ -21,10 +21,6 @@ pytestmark = pytest.mark.slow
 
 def command(run_dir) -> list[str]:
     return [sys.executable, "-m", "lifelong.train", *OVERRIDES, f"hydra.run.dir={run_dir}"]
-
-
-def losses(run_dir) -> list[tuple[int, float]]:
-    return [(r["global_step"], r["loss"]) for r in read_jsonl_metrics(run_dir / "metrics.jsonl")]
 
 
 @pytest.fixture(scope="module")
