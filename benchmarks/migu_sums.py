@@ -9,6 +9,9 @@ and runs `--steps` steps per round next to finetune's in a rotating order:
   migu_eager       the same sums without torch.compile (abs() writes |output| out, sum reads it)
   migu_combo       compiled with Inductor's combo kernels (the per-output reductions merged into
                    fewer launches; experimental in torch)
+  migu_norm        eager, one launch per output: torch.linalg.vector_norm(ord=1) reduces |output|
+                   without writing it out
+  migu_triton      one Triton launch for all outputs (migu_triton.py; where Triton is installed)
   migu_no_sums     hooks and masking only: the sums are never computed (masks from zeros)
 On a GPU the step is gpt2_100m, 16 x 512, bf16 as in gpu.py; on a CPU the tiny preset. Prints
 each variant's median step time and its median ratio to finetune's step; saves nothing.
@@ -40,6 +43,16 @@ def patched(target: object, name: str, value: object) -> Iterator[None]:
         setattr(target, name, original)
 
 
+def norm_output_magnitudes(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [torch.linalg.vector_norm(o, 1, dim=tuple(range(o.dim() - 1)), dtype=torch.float32) for o in outputs]
+
+
+def triton_output_magnitudes(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    from migu_triton import triton_output_magnitudes  # Triton: on the GPU machine, not in the project's deps
+
+    return triton_output_magnitudes(outputs)
+
+
 def no_sums(self: MIGU, module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
     if module.training:
         self.counted.add(module)
@@ -51,6 +64,8 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "migu_eager": lambda: patched(migu_module, "compiled_output_magnitudes", lambda: output_magnitudes),
     "migu_combo": lambda: patched(migu_module, "compiled_output_magnitudes", lambda: torch.compile(
         output_magnitudes, options={"combo_kernels": True})),
+    "migu_norm": lambda: patched(migu_module, "compiled_output_magnitudes", lambda: norm_output_magnitudes),
+    "migu_triton": lambda: patched(migu_module, "compiled_output_magnitudes", lambda: triton_output_magnitudes),
     "migu_no_sums": lambda: patched(MIGU, "_accumulate", no_sums),
 }
 
@@ -67,7 +82,10 @@ def main() -> None:
     for name, context in VARIANTS.items():
         with context():
             method = "finetune" if name == "finetune" else "migu"
-            prepared[name] = stage1_step([*overrides, f"method={method}"], args.micro_batch)
+            try:  # a variant that cannot run here (no Triton, a compile error) is left out, not fatal
+                prepared[name] = stage1_step([*overrides, f"method={method}"], args.micro_batch)
+            except Exception as error:
+                print(f"{name}: left out: {type(error).__name__}: {str(error)[:300]}", flush=True)
     measured = paired_rounds(prepared, args.rounds, args.steps)
     for name in prepared:
         low, high = measured["ratio_quartiles"][name]
