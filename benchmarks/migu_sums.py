@@ -5,13 +5,11 @@
 MIGU misses its target on the GPU (benchmarks/RESULTS.md); this script tells its parts apart.
 Every variant gets its own model and optimizer, prepared as for stage 1 (common.stage1_step),
 and runs `--steps` steps per round next to finetune's in a rotating order:
-  migu             as shipped (on a GPU the outputs of a micro-batch summed in one compiled call)
-  migu_eager       the same sums without torch.compile (abs() writes |output| out, sum reads it)
-  migu_combo       compiled with Inductor's combo kernels (the per-output reductions merged into
-                   fewer launches; experimental in torch)
+  migu             as shipped (on a GPU one Triton launch sums a forward's outputs, migu_triton.py)
+  migu_compiled    the sums torch.compile'd instead, one call per forward (shipped before c3428ac)
+  migu_eager       eager abs().sum() (abs() writes |output| out, sum reads it back)
   migu_norm        eager, one launch per output: torch.linalg.vector_norm(ord=1) reduces |output|
                    without writing it out
-  migu_triton      one Triton launch for all outputs (migu_triton.py; where Triton is installed)
   migu_no_sums     hooks and masking only: the sums are never computed (masks from zeros)
 On a GPU the step is gpt2_100m, 16 x 512, bf16 as in gpu.py; on a CPU the tiny preset. Prints
 each variant's median step time and its median ratio to finetune's step; saves nothing.
@@ -47,12 +45,6 @@ def norm_output_magnitudes(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
     return [torch.linalg.vector_norm(o, 1, dim=tuple(range(o.dim() - 1)), dtype=torch.float32) for o in outputs]
 
 
-def triton_output_magnitudes(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    from migu_triton import triton_output_magnitudes  # Triton: on the GPU machine, not in the project's deps
-
-    return triton_output_magnitudes(outputs)
-
-
 def no_sums(self: MIGU, module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
     if module.training:
         self.counted.add(module)
@@ -61,11 +53,9 @@ def no_sums(self: MIGU, module: torch.nn.Module, inputs: object, output: torch.T
 VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "finetune": contextlib.nullcontext,
     "migu": contextlib.nullcontext,
-    "migu_eager": lambda: patched(migu_module, "compiled_output_magnitudes", lambda: output_magnitudes),
-    "migu_combo": lambda: patched(migu_module, "compiled_output_magnitudes", lambda: torch.compile(
-        output_magnitudes, options={"combo_kernels": True})),
-    "migu_norm": lambda: patched(migu_module, "compiled_output_magnitudes", lambda: norm_output_magnitudes),
-    "migu_triton": lambda: patched(migu_module, "compiled_output_magnitudes", lambda: triton_output_magnitudes),
+    "migu_compiled": lambda: patched(migu_module, "gpu_output_magnitudes", lambda: torch.compile(output_magnitudes)),
+    "migu_eager": lambda: patched(migu_module, "gpu_output_magnitudes", lambda: output_magnitudes),
+    "migu_norm": lambda: patched(migu_module, "gpu_output_magnitudes", lambda: norm_output_magnitudes),
     "migu_no_sums": lambda: patched(MIGU, "_accumulate", no_sums),
 }
 
@@ -82,7 +72,7 @@ def main() -> None:
     for name, context in VARIANTS.items():
         with context():
             method = "finetune" if name == "finetune" else "migu"
-            try:  # a variant that cannot run here (no Triton, a compile error) is left out, not fatal
+            try:  # a variant that cannot run here (a compile error, say) is left out, not fatal
                 prepared[name] = stage1_step([*overrides, f"method={method}"], args.micro_batch)
             except Exception as error:
                 print(f"{name}: left out: {type(error).__name__}: {str(error)[:300]}", flush=True)

@@ -7,11 +7,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import pytest
+# Triton kernels run in Triton's interpreter on the CPU; that is chosen when triton.language is
+# first imported, which torch may do while this file's imports load it
+os.environ["TRITON_INTERPRET"] = "1"
 
-from lifelong.config import TrainConfig, compose_train_config
-from lifelong.launch.checkpoint import checkpoint_dir
-from lifelong.track.jsonl import read_jsonl_metrics
+import pytest  # noqa: E402
+
+from lifelong.config import TrainConfig, compose_train_config  # noqa: E402
+from lifelong.launch.checkpoint import checkpoint_dir  # noqa: E402
+from lifelong.track.jsonl import read_jsonl_metrics  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

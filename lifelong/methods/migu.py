@@ -18,12 +18,12 @@ once per stage: all sums live in one flat buffer (one collective under DDP), ord
 the layers of one width form one [layers, width] view (one threshold and one comparison per
 width), and every weight's mask is a view of one flat boolean buffer made in advance. The
 layers' hooks only hold their outputs; when the model's forward returns, one call sums them all
-(compiled on a GPU), so they are held through the forward alone, not the backward.
+(on a GPU one Triton launch, migu_triton.py), so they are held through the forward alone, not the
+backward.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import warnings
@@ -78,11 +78,14 @@ def output_magnitudes(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
     return [o.abs().sum(dim=tuple(range(o.dim() - 1)), dtype=torch.float32) for o in outputs]
 
 
-@functools.cache
-def compiled_output_magnitudes() -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
-    """`output_magnitudes` compiled, one wrapper per process: a new one each stage would compile
-    again each stage, and past Dynamo's limit of 8 compiles it silently runs eagerly."""
-    return torch.compile(output_magnitudes)
+def gpu_output_magnitudes() -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+    """The sums on a GPU: one Triton launch for all outputs, or eager where Triton is missing."""
+    try:
+        from lifelong.methods.migu_triton import triton_output_magnitudes
+    except ImportError:
+        warnings.warn("MIGU: Triton is not installed, so |output| is summed eagerly (slower)", stacklevel=2)
+        return output_magnitudes
+    return triton_output_magnitudes
 
 
 def linear_targets(model: nn.Module) -> list[Target]:
@@ -137,12 +140,9 @@ class MIGU(Method):
                 keep_rows[source] = keep[offset : offset + layer_width]
             start = end
         self.row_masks = [t.row_mask(keep_rows[t.source]) for t in self.targets]
-        # On a GPU eager abs().sum() writes |output| out and reads it back: MIGU was 1.15-1.2x
-        # finetune's step (gpt2_100m, bf16, H200). Compiled, each output is read once, and one
-        # call per forward keeps torch.compile's per-call host cost off every layer (one call per
-        # layer measured 1.47x). It compiles at the first step (a few seconds).
-        on_gpu = device.type == "cuda"
-        self.output_magnitudes = compiled_output_magnitudes() if on_gpu else output_magnitudes
+        # A GPU step of gpt2_100m is host-bound: eager sums launch two kernels per layer and cost
+        # MIGU 1.11x finetune's step, one Triton launch per forward 1.05x (migu_triton.py)
+        self.output_magnitudes = gpu_output_magnitudes() if device.type == "cuda" else output_magnitudes
         for source in sources:
             self.handles.append(source.register_forward_hook(self._accumulate))
         self.handles.append(ctx.model.register_forward_hook(self._forward_done))
@@ -170,10 +170,10 @@ class MIGU(Method):
         outputs = [output for output, _ in self.pending.values()]
         try:
             magnitudes = self.output_magnitudes(outputs)
-        except Exception as error:  # torch.compile needs Triton and a GPU it supports (sm_70 on)
+        except Exception as error:  # Triton needs a GPU it supports (sm_80 on for bf16)
             if self.output_magnitudes is output_magnitudes:
                 raise
-            warnings.warn(f"MIGU: torch.compile failed, so |output| is summed eagerly (slower): {error}", stacklevel=1)
+            warnings.warn(f"MIGU: the Triton sums failed, so |output| is summed eagerly: {error}", stacklevel=1)
             self.output_magnitudes = output_magnitudes
             magnitudes = output_magnitudes(outputs)
         torch._foreach_add_([self.rows[module] for module in self.pending], magnitudes)
