@@ -12,7 +12,8 @@ and runs `--steps` steps per round next to finetune's in a rotating order:
                    without writing it out
   migu_no_sums     hooks and masking only: the sums are never computed (masks from zeros)
 On a GPU the step is gpt2_100m, 16 x 512, bf16 as in gpu.py; on a CPU the tiny preset. Prints
-each variant's median step time and its median ratio to finetune's step; saves nothing.
+each variant's median step time and its median ratio to finetune's step, and saves them to
+benchmarks/results/migu_sums_<device>.json (a row of RESULTS.md).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
-from common import stage1_step
+from common import save_result, stage1_step
 from methods_paired import paired_rounds
 
 import lifelong.methods.migu as migu_module
@@ -81,6 +82,9 @@ def main() -> None:
         low, high = measured["ratio_quartiles"][name]
         print(f"{name:14s} {measured['step_time_s'][name] * 1e3:8.2f} ms  {measured['ratio_vs_finetune'][name]:.3f}x "
               f"(quartiles {low:.3f}-{high:.3f})", flush=True)
+    device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+    save_result(f"migu_sums_{args.device}", {"device": device, "micro_batch": args.micro_batch, **measured})
+
 
 if __name__ == "__main__":
     main()

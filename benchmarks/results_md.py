@@ -185,19 +185,28 @@ def rows() -> list[str]:
         over, logging, methods = cuda["overhead"], cuda["logging"], cuda["methods"]
         on = f"{over['device']}, bf16, gpt2_100m 16x512, code at {over['commit']}"
         out += overhead_rows(over, on, " GPU")
-        out.append(row("3 GPU", f"grad-norm logging every step / every {logging['rarely_every']} (code at "
-                       f"{logging['commit']})", f"{logging['ratio']:.3f}x", "<= 1.03", logging["ratio"] <= 1.03))
-        out += gpu_method_rows(methods, "gpt2_100m 16x512")
+        out.append(row("3 GPU", f"grad-norm logging every step / every {logging['rarely_every']} ({logging['device']}, "
+                       f"code at {logging['commit']})", f"{logging['ratio']:.3f}x", "<= 1.03",
+                       logging["ratio"] <= 1.03))
+        out += gpu_method_rows(methods, f"{methods['device']}, gpt2_100m 16x512")
         paper = cuda.get("methods_paper_scale")
         if paper:
-            out += gpu_method_rows(paper, f"paper scale, {paper['model']} {paper['batch'][0]}x{paper['batch'][1]}")
+            out += gpu_method_rows(paper, f"{paper['device']}, paper scale, {paper['model']} "
+                                          f"{paper['batch'][0]}x{paper['batch'][1]}")
         else:
             out.append(row("3 GPU", "migu and ewc step / finetune step at paper scale (gpu.py methods_paper_scale)",
                            "not run"))
+        if sums := load("migu_sums_cuda"):
+            ratios, quartiles = sums["ratio_vs_finetune"], sums["ratio_quartiles"]
+            out.append(row("3 GPU", f"MIGU's ways of summing abs(output), step / finetune step, gpt2_100m "
+                           f"{sums['micro_batch']}x512, paired rounds (migu_sums.py on {sums['device']}, code at "
+                           f"{sums['commit']})", "; ".join(
+                               f"{name} {ratios[name]:.3f}x ({quartiles[name][0]:.3f}-{quartiles[name][1]:.3f})"
+                               for name in ratios if name != "finetune")))
         for preset, f in cuda["throughput"]["presets"].items():
             mfu = f", MFU {f['mfu']:.1%}" if f["mfu"] is not None else ""
             out.append(row("6 GPU", f"{preset} ({f['parameters'] / 1e6:.1f}M params, {f['batch'][0]}x{f['batch'][1]}, "
-                           f"code at {cuda['throughput']['commit']})",
+                           f"{cuda['throughput']['device']}, code at {cuda['throughput']['commit']})",
                            f"{f['tokens_per_s']:.3g} tok/s{mfu}"))
     return out
 
