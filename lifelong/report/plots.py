@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -17,11 +16,14 @@ from lifelong.report.collect import Run, group_runs  # noqa: E402
 
 
 def _mean_matrix(runs: list[Run], name: str) -> np.ndarray:
-    """Mean over seeds; cells of empty probe sets (None) stay NaN, drawn blank."""
-    matrices = np.stack([np.array(r.results["probe_sets"][name]["matrix"], dtype=float) for r in runs])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells
-        return np.nanmean(matrices, axis=0)
+    """Mean over seeds, as the tables take it: a seed's empty cell (None, an empty probe set) is
+    skipped, a diverged seed's NaN makes the cell NaN; a cell no seed has stays NaN. NaN is drawn blank."""
+    cells = [r.results["probe_sets"][name]["matrix"] for r in runs]
+    present = np.array([[[value is not None for value in row] for row in matrix] for matrix in cells])
+    values = np.array([[[0.0 if value is None else value for value in row] for row in matrix] for matrix in cells])
+    counts = present.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, values.sum(axis=0) / counts, np.nan)
 
 
 def _finished_rows(runs: list[Run]) -> dict[str, list[Run]]:

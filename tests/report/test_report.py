@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from lifelong.report.cli import main as report
-from lifelong.report.collect import collect_runs
+from lifelong.report.collect import Run, collect_runs
+from lifelong.report.plots import _mean_matrix
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -180,3 +181,15 @@ def test_expected_jobs_include_a_presets_sweeper_params(tmp_path):
         frozenset({f"method={m}", f"tgl={t}", "experiment=paper_main_cpu", "seed=0"})
         for m in ("finetune", "ewc") for t in ("none", "freeze")
     }
+
+
+def test_heatmap_cells_average_seeds_as_the_tables_do(tmp_path):
+    """A seed's empty cell (None) is skipped, a diverged seed's NaN shows as NaN (blank), as in the
+    tables; before, the heatmaps averaged NaN away and showed the other seeds' mean."""
+    def run(seed: int, matrix: list[list[float | None]]) -> Run:
+        return Run(tmp_path, [], "ewc", "none", seed, {"probe_sets": {"changed": {"matrix": matrix}}})
+
+    runs = [run(0, [[None, 2.0], [math.nan, 4.0]]), run(1, [[None, 6.0], [3.0, None]])]
+    mean = _mean_matrix(runs, "changed")
+    assert math.isnan(mean[0, 0]) and mean[0, 1] == 4.0  # no seed has [0, 0]
+    assert math.isnan(mean[1, 0]) and mean[1, 1] == 4.0  # seed 0 diverged at [1, 0]; [1, 1] from seed 0 alone
