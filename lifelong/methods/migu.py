@@ -78,6 +78,11 @@ def output_magnitudes(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
     return [o.abs().sum(dim=tuple(range(o.dim() - 1)), dtype=torch.float32) for o in outputs]
 
 
+def mask_gradients(grads: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+    """Zero the masked rows: each gradient times its keep flags, viewed to broadcast over it."""
+    torch._foreach_mul_(grads, masks)
+
+
 def gpu_output_magnitudes() -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
     """The sums on a GPU: one Triton launch for all outputs, or eager where Triton is missing."""
     try:
@@ -111,6 +116,7 @@ class MIGU(Method):
         self.by_width: list[tuple[torch.Tensor, torch.Tensor]] = []  # [layers, width] views of sums, keep
         self.row_masks: list[torch.Tensor] = []  # per target, its view of the keep flags
         self.output_magnitudes = output_magnitudes
+        self.mask_gradients = mask_gradients
 
     def find_targets(self, model: nn.Module) -> list[Target]:
         return linear_targets(model)
@@ -196,7 +202,7 @@ class MIGU(Method):
                  if t.weight.grad is not None and t.source in self.counted]
         if pairs:
             grads, masks = zip(*pairs, strict=True)
-            torch._foreach_mul_(list(grads), list(masks))
+            self.mask_gradients(list(grads), list(masks))
         self.sums.zero_()
         self.counted = set()
 
