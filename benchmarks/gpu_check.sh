@@ -2,7 +2,8 @@
 # The CUDA checks, for a machine with one GPU (CI has none), in one call that stops by a deadline:
 #   1. every method and TGL variant trains on the GPU with bf16 autocast, and fp16 with loss scaling
 #      (short two-stage runs, four at a time; ~1 min on an H200; RUNS=0 skips them);
-#   2. benchmarks/migu_sums.py (~70 s on an H100);
+#   2. the candidates' paired rounds: benchmarks/migu_sums.py (~80 s on an H100) and
+#      benchmarks/ewc_variants.py (paper scale, ~2 min);
 #   3. benchmarks/gpu.py, one part at a time in $PARTS' order (on an H100: methods + paper scale
 #      ~3 min together, overhead ~5 min), while DEADLINE seconds (default 560) have not passed.
 # BENCH=0 stops after 1. Figures land in OUT_DIR as they are made (a killed call keeps them).
@@ -46,6 +47,9 @@ if [ "${BENCH:-1}" != 0 ]; then
   echo "== migu_sums.py ($(left) s left)"
   timeout "$(left)" python3 benchmarks/migu_sums.py 2>&1 | quiet || status=1
   cp benchmarks/results/migu_sums_cuda.json "$out/" 2>/dev/null
+  echo "== ewc_variants.py ($(left) s left)"
+  timeout "$(left)" python3 benchmarks/ewc_variants.py 2>&1 | quiet || status=1
+  cp benchmarks/results/ewc_variants_cuda.json "$out/" 2>/dev/null
   for part in ${PARTS:-methods methods_paper_scale logging throughput overhead}; do
     [ "$(left)" -gt 30 ] || { echo "== $part: not run, the deadline is near"; status=1; continue; }
     echo "== gpu.py $part ($(left) s left)"

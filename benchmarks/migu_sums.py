@@ -11,6 +11,8 @@ and runs `--steps` steps per round next to finetune's in a rotating order:
   migu_norm        eager, one launch per output: torch.linalg.vector_norm(ord=1) reduces |output|
                    without writing it out
   migu_no_sums     hooks and masking only: the sums are never computed (masks from zeros)
+  migu_masks       as shipped, but the masks set by one Triton launch that writes only the masked
+                   rows' zeros (migu_mask_triton.py; a candidate, not shipped)
 On a GPU the step is gpt2_100m, 16 x 512, bf16 as in gpu.py; on a CPU the tiny preset. Prints
 each variant's median step time and its median ratio to finetune's step, and saves them to
 benchmarks/results/migu_sums_<device>.json (a row of RESULTS.md).
@@ -46,6 +48,12 @@ def norm_output_magnitudes(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
     return [torch.linalg.vector_norm(o, 1, dim=tuple(range(o.dim() - 1)), dtype=torch.float32) for o in outputs]
 
 
+def triton_mask_gradients(grads: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
+    from migu_mask_triton import triton_mask_gradients  # Triton: on the GPU machine, not in the project's deps
+
+    triton_mask_gradients(grads, masks)
+
+
 def no_sums(self: MIGU, module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
     if module.training:
         self.counted.add(module)
@@ -58,6 +66,7 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "migu_eager": lambda: patched(migu_module, "gpu_output_magnitudes", lambda: output_magnitudes),
     "migu_norm": lambda: patched(migu_module, "gpu_output_magnitudes", lambda: norm_output_magnitudes),
     "migu_no_sums": lambda: patched(MIGU, "_accumulate", no_sums),
+    "migu_masks": lambda: patched(migu_module, "mask_gradients", triton_mask_gradients),
 }
 
 

@@ -93,6 +93,15 @@ def gpu_method_rows(methods: dict, setting: str) -> list[str]:
     return out
 
 
+def variant_row(variants: dict, setting: str) -> str:
+    """A candidates script's paired rounds: each variant's step / finetune's, with quartiles."""
+    ratios, quartiles = variants["ratio_vs_finetune"], variants["ratio_quartiles"]
+    return row("3 GPU", f"{setting}, step / finetune step, paired rounds ({variants['device']}, code at "
+                        f"{variants['commit']})",
+               "; ".join(f"{name} {ratios[name]:.3f}x ({quartiles[name][0]:.3f}-{quartiles[name][1]:.3f})"
+                         for name in ratios if name != "finetune"))
+
+
 def rows() -> list[str]:
     out = []
     overhead, small = load("overhead"), load("overhead_mb1")
@@ -197,12 +206,11 @@ def rows() -> list[str]:
             out.append(row("3 GPU", "migu and ewc step / finetune step at paper scale (gpu.py methods_paper_scale)",
                            "not run"))
         if sums := load("migu_sums_cuda"):
-            ratios, quartiles = sums["ratio_vs_finetune"], sums["ratio_quartiles"]
-            out.append(row("3 GPU", f"MIGU's ways of summing abs(output), step / finetune step, gpt2_100m "
-                           f"{sums['micro_batch']}x512, paired rounds (migu_sums.py on {sums['device']}, code at "
-                           f"{sums['commit']})", "; ".join(
-                               f"{name} {ratios[name]:.3f}x ({quartiles[name][0]:.3f}-{quartiles[name][1]:.3f})"
-                               for name in ratios if name != "finetune")))
+            out.append(variant_row(sums, f"MIGU's ways of summing abs(output) and masking, gpt2_100m "
+                                         f"{sums['micro_batch']}x512 (migu_sums.py)"))
+        if ewc := load("ewc_variants_cuda"):
+            out.append(variant_row(ewc, f"EWC's gradient term, {ewc['model']} {ewc['micro_batch']}x512 "
+                                        "(ewc_variants.py)"))
         for preset, f in cuda["throughput"]["presets"].items():
             mfu = f", MFU {f['mfu']:.1%}" if f["mfu"] is not None else ""
             out.append(row("6 GPU", f"{preset} ({f['parameters'] / 1e6:.1f}M params, {f['batch'][0]}x{f['batch'][1]}, "
