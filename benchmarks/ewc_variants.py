@@ -19,9 +19,8 @@ import contextlib
 import types
 
 import torch
-from common import save_result, stage1_step
-from methods_paired import paired_rounds
-from migu_sums import patched
+from common import save_result
+from methods_paired import paired_variants, patched
 
 from lifelong.methods.ewc import EWC, EWCConfig
 
@@ -62,19 +61,11 @@ def main() -> None:
     overrides = (["trainer=gpu", "trainer.device=cuda", f"model={args.model}", "data.seq_len=512",
                   "model.max_seq_len=512"] if args.device == "cuda" else ["trainer.device=cpu"])
     variants = {
-        "finetune": ("finetune", contextlib.nullcontext),
-        "ewc": ("ewc", contextlib.nullcontext),
-        "ewc_triton": ("ewc", lambda: patched(EWC, "__init__", fused_init)),
+        "finetune": ([*overrides, "method=finetune"], contextlib.nullcontext),
+        "ewc": ([*overrides, "method=ewc"], contextlib.nullcontext),
+        "ewc_triton": ([*overrides, "method=ewc"], lambda: patched(EWC, "__init__", fused_init)),
     }
-    prepared = {}
-    for name, (method, context) in variants.items():
-        with context():
-            prepared[name] = stage1_step([*overrides, f"method={method}"], args.micro_batch)
-    measured = paired_rounds(prepared, args.rounds, args.steps)
-    for name in prepared:
-        low, high = measured["ratio_quartiles"][name]
-        print(f"{name:12s} {measured['step_time_s'][name] * 1e3:8.2f} ms  {measured['ratio_vs_finetune'][name]:.3f}x "
-              f"(quartiles {low:.3f}-{high:.3f})", flush=True)
+    measured = paired_variants(variants, args.micro_batch, args.rounds, args.steps)
     device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     save_result(f"ewc_variants_{args.device}", {"device": device, "model": args.model,
                                                  "micro_batch": args.micro_batch, **measured})

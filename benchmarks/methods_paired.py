@@ -15,9 +15,10 @@ Writes benchmarks/results/<name>.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from common import save_result, stage1_step, synchronize
@@ -58,6 +59,41 @@ def paired_rounds(prepared: dict[str, tuple[Callable[[], None], torch.device]], 
         "ratio_vs_finetune": {name: statistics.median(r) for name, r in ratios.items()},
         "ratio_quartiles": {name: statistics.quantiles(r, n=4)[::2] for name, r in ratios.items()},
     }
+
+
+@contextlib.contextmanager
+def patched(target: object, name: str, value: object) -> Iterator[None]:
+    """`target.name` set to `value` inside the block."""
+    original = getattr(target, name)
+    setattr(target, name, value)
+    try:
+        yield
+    finally:
+        setattr(target, name, original)
+
+
+Variants = dict[str, tuple[list[str], Callable[[], contextlib.AbstractContextManager]]]
+
+
+def paired_variants(variants: Variants, micro_batch: int, rounds: int, steps: int) -> dict:
+    """Candidate code side by side: each variant's step is prepared (stage1_step) from its
+    overrides inside its context (a patch the prepared method keeps, e.g. a kernel it chose when
+    it was built), then all are timed in paired rounds, the first the reference. A variant that
+    cannot be prepared here (a kernel that does not compile) is left out with its error printed.
+    Prints each variant's median step time and median ratio."""
+    prepared = {}
+    for name, (overrides, context) in variants.items():
+        with context():
+            try:
+                prepared[name] = stage1_step(overrides, micro_batch)
+            except Exception as error:
+                print(f"{name}: left out: {type(error).__name__}: {str(error)[:300]}", flush=True)
+    measured = paired_rounds(prepared, rounds, steps)
+    for name in prepared:
+        low, high = measured["ratio_quartiles"][name]
+        print(f"{name:14s} {measured['step_time_s'][name] * 1e3:8.2f} ms  {measured['ratio_vs_finetune'][name]:.3f}x "
+              f"(quartiles {low:.3f}-{high:.3f})", flush=True)
+    return measured
 
 
 def main() -> None:

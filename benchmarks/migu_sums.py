@@ -22,26 +22,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
-from common import save_result, stage1_step
-from methods_paired import paired_rounds
+from common import save_result
+from methods_paired import paired_variants, patched
 
 import lifelong.methods.migu as migu_module
 from lifelong.methods.migu import MIGU, output_magnitudes
 
 GPU = ["trainer=gpu", "trainer.device=cuda", "model=gpt2_100m", "data.seq_len=512", "model.max_seq_len=512"]
-
-
-@contextlib.contextmanager
-def patched(target: object, name: str, value: object) -> Iterator[None]:
-    original = getattr(target, name)
-    setattr(target, name, value)
-    try:
-        yield
-    finally:
-        setattr(target, name, original)
 
 
 def norm_output_magnitudes(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -78,19 +68,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
     overrides = GPU if args.device == "cuda" else ["trainer.device=cpu"]
-    prepared = {}
-    for name, context in VARIANTS.items():
-        with context():
-            method = "finetune" if name == "finetune" else "migu"
-            try:  # a variant that cannot run here (a compile error, say) is left out, not fatal
-                prepared[name] = stage1_step([*overrides, f"method={method}"], args.micro_batch)
-            except Exception as error:
-                print(f"{name}: left out: {type(error).__name__}: {str(error)[:300]}", flush=True)
-    measured = paired_rounds(prepared, args.rounds, args.steps)
-    for name in prepared:
-        low, high = measured["ratio_quartiles"][name]
-        print(f"{name:14s} {measured['step_time_s'][name] * 1e3:8.2f} ms  {measured['ratio_vs_finetune'][name]:.3f}x "
-              f"(quartiles {low:.3f}-{high:.3f})", flush=True)
+    variants = {name: ([*overrides, f"method={'finetune' if name == 'finetune' else 'migu'}"], context)
+                for name, context in VARIANTS.items()}
+    measured = paired_variants(variants, args.micro_batch, args.rounds, args.steps)
     device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     save_result(f"migu_sums_{args.device}", {"device": device, "micro_batch": args.micro_batch, **measured})
 
