@@ -29,7 +29,8 @@ EWC_INIT = EWC.__init__
 
 def fused_transform_gradients(self: EWC, model: torch.nn.Module) -> None:
     """EWC.transform_gradients with ewc_triton's kernel: one EWCGradient per term and set of
-    parameters with a gradient, made at the first step that needs it."""
+    parameters with a gradient, made at the first step that needs it and made again when the
+    term's tensors are new ones (online EWC replaces its one term after every stage)."""
     from ewc_triton import EWCGradient  # Triton: on the GPU machine, not in the project's deps
 
     cache = self.__dict__.setdefault("fused_terms", {})
@@ -37,10 +38,12 @@ def fused_transform_gradients(self: EWC, model: torch.nn.Module) -> None:
         names = tuple(name for name in anchor if self.params[name].grad is not None)
         if not names:
             continue
-        if (index, names) not in cache:
-            cache[index, names] = EWCGradient([self.params[n].detach() for n in names], [anchor[n] for n in names],
-                                              [fisher[n] for n in names])
-        cache[index, names]([self.params[n].grad for n in names], self.cfg.ewc_lambda)
+        kernel, first_anchor = cache.get((index, names), (None, None))
+        if first_anchor is not anchor[names[0]]:
+            kernel = EWCGradient([self.params[n].detach() for n in names], [anchor[n] for n in names],
+                                 [fisher[n] for n in names])
+            cache[index, names] = kernel, anchor[names[0]]
+        kernel([self.params[n].grad for n in names], self.cfg.ewc_lambda)
 
 
 def fused_init(self: EWC, cfg: EWCConfig) -> None:
