@@ -16,10 +16,13 @@ the GPU. Runs on a CPU in Triton's interpreter (TRITON_INTERPRET=1).
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
 import triton
 import triton.language as tl
+
+from lifelong.methods.migu_triton import device_table
 
 BLOCK = 4096
 
@@ -40,10 +43,19 @@ def _ewc_gradient(block_tensor, block_start, numels, grads, params, anchors, fis
     tl.store(grad + offsets, tl.load(grad + offsets, mask=inside) + update, mask=inside)
 
 
+@functools.cache
+def block_map(numels: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each program of a launch over tensors of these sizes, the tensor it takes and its first
+    element (BLOCK elements a program)."""
+    sizes = torch.tensor(numels)
+    blocks = (sizes + BLOCK - 1) // BLOCK
+    block_tensor = torch.repeat_interleave(torch.arange(len(numels)), blocks)
+    block_start = torch.cat([torch.arange(int(b)) * BLOCK for b in blocks])
+    return block_tensor.to(device), block_start.to(device)
+
+
 def addresses(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """The tensors' addresses on `device`, copied without waiting for the GPU (pinned memory)."""
-    table = torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64, pin_memory=device.type == "cuda")
-    return table.to(device, non_blocking=True)
+    return device_table([t.data_ptr() for t in tensors], device)
 
 
 class EWCGradient:
@@ -54,11 +66,9 @@ class EWCGradient:
             if tensor.dtype != torch.float32 or not tensor.is_contiguous():
                 raise ValueError("the fused EWC term takes contiguous fp32 tensors")
         device = params[0].device
-        numels = torch.tensor([p.numel() for p in params])
-        blocks = (numels + BLOCK - 1) // BLOCK
-        self.block_tensor = torch.repeat_interleave(torch.arange(len(params)), blocks).to(device)
-        self.block_start = torch.cat([torch.arange(int(b)) * BLOCK for b in blocks]).to(device)
-        self.numels = numels.to(device)
+        numels = tuple(p.numel() for p in params)
+        self.block_tensor, self.block_start = block_map(numels, device)
+        self.numels = device_table(list(numels), device)
         self.params, self.anchors, self.fishers = (addresses(t, device) for t in (params, anchors, fishers))
         self.keep_alive = (params, anchors, fishers)  # the tables hold their addresses
 

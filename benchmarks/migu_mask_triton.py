@@ -9,22 +9,22 @@ and writes every weight gradient. This reads only the flags and writes zeros whe
 masked: a fraction T of the traffic's writes and none of its reads, in one launch. (A masked
 row's NaN becomes 0 here, where the product keeps it NaN; fp16's overflow check has already run.)
 Per call the gradients' and flags' addresses go to the GPU in one table; the block map (which
-gradient and offset each program takes) depends only on the gradients' sizes and is made once.
+gradient and offset each program takes, ewc_triton.block_map) depends only on the gradients' sizes
+and is made once.
 Runs on a CPU in Triton's interpreter (TRITON_INTERPRET=1).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 
 import torch
 import triton
 import triton.language as tl
+from ewc_triton import BLOCK, block_map
 
 from lifelong.methods.migu import mask_gradients
-
-BLOCK = 4096
+from lifelong.methods.migu_triton import device_table
 
 
 @triton.jit
@@ -43,16 +43,6 @@ def _zero_masked_rows(block_tensor, block_start, table, n_tensors, BLOCK: tl.con
     tl.store(grad + offsets, tl.zeros([BLOCK], dtype=tl.float32), mask=inside & (kept == 0))
 
 
-@functools.cache
-def block_map(numels: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each program, the tensor it takes and its first element."""
-    sizes = torch.tensor(numels)
-    blocks = (sizes + BLOCK - 1) // BLOCK
-    block_tensor = torch.repeat_interleave(torch.arange(len(numels)), blocks)
-    block_start = torch.cat([torch.arange(int(b)) * BLOCK for b in blocks])
-    return block_tensor.to(device), block_start.to(device)
-
-
 def triton_mask_gradients(grads: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
     """`mask_gradients(grads, masks)` for contiguous 2-d fp32 gradients and bool keep flags
     viewed as [rows, 1] or [1, columns]."""
@@ -63,7 +53,7 @@ def triton_mask_gradients(grads: list[torch.Tensor], masks: list[torch.Tensor]) 
     block_tensor, block_start = block_map(tuple(g.numel() for g in grads), device)
     table = [[g.data_ptr() for g in grads], [m.data_ptr() for m in masks], [g.numel() for g in grads],
              [g.shape[1] for g in grads], [int(m.shape[-1] != 1) for m in masks]]
-    table = torch.tensor(table, dtype=torch.int64, pin_memory=device.type == "cuda").to(device, non_blocking=True)
+    table = device_table(table, device)
     _zero_masked_rows[(len(block_tensor),)](block_tensor, block_start, table, len(grads), BLOCK=BLOCK)
 
 

@@ -43,6 +43,12 @@ def _abs_column_sums(table, sums, n_outputs, MAX_ROWS: tl.constexpr, DTYPE: tl.c
         tl.store(sums + offset + cols, tl.sum(total, axis=0), mask=in_width)
 
 
+def device_table(rows: list[list[int]], device: torch.device) -> torch.Tensor:
+    """Integers (addresses, sizes, offsets) as an int64 tensor on `device`, copied without
+    waiting for the GPU (so from pinned memory): the host runs on into the backward."""
+    return torch.tensor(rows, dtype=torch.int64, pin_memory=device.type == "cuda").to(device, non_blocking=True)
+
+
 def triton_output_magnitudes(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
     """Each output's |values| summed over every dim but the last, in fp32, as
     `lifelong.methods.migu.output_magnitudes`: one launch per dtype among the outputs. MAX_ROWS is a
@@ -57,10 +63,8 @@ def triton_output_magnitudes(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
     by_dtype = sorted(range(len(outputs)), key=lambda i: str(outputs[i].dtype))
     for dtype, group in itertools.groupby(by_dtype, key=lambda i: outputs[i].dtype):
         group = list(group)
-        table = [[outputs[i].data_ptr() for i in group], [widths[i] for i in group], [rows[i] for i in group],
-                 [offsets[i] for i in group]]
-        # one copy to the GPU, non-blocking (so from pinned memory): the host runs on into the backward
-        table = torch.tensor(table, dtype=torch.int64, pin_memory=device.type == "cuda").to(device, non_blocking=True)
+        table = device_table([[outputs[i].data_ptr() for i in group], [widths[i] for i in group],
+                              [rows[i] for i in group], [offsets[i] for i in group]], device)
         grid = (len(group), triton.cdiv(max(widths[i] for i in group), BLOCK_COLS))
         _abs_column_sums[grid](table, sums, len(group), MAX_ROWS=max(rows[i] for i in group),
                                DTYPE=TRITON_DTYPES[dtype], BLOCK_ROWS=BLOCK_ROWS, BLOCK_COLS=BLOCK_COLS)
