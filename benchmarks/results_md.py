@@ -81,7 +81,7 @@ def gpu_method_rows(methods: dict, setting: str) -> list[str]:
     """MIGU's and EWC's step / finetune's on the GPU, paired rounds, flagged where the method's
     code changed since."""
     out = []
-    for name, target in (("migu", 1.05), ("ewc", 1.10)):
+    for name, target in methods["targets"].items():
         method_file = f"lifelong/methods/{name}.py"
         stale = changed_since(methods.get("commit"), method_file)
         ratio, quartiles = methods["ratio_vs_finetune"][name], methods.get("ratio_quartiles", {}).get(name)
