@@ -37,18 +37,18 @@ def _zero_masked_rows(block_tensor, block_start, table, n_tensors, BLOCK: tl.con
     inside = offsets < tl.load(table + 2 * n_tensors + index)
     inner = tl.load(table + 3 * n_tensors + index)
     row = tl.where(tl.load(table + 4 * n_tensors + index) != 0, offsets % inner, offsets // inner)
-    flags = tl.load(table + n_tensors + index).to(tl.pointer_type(tl.uint8))
-    kept = tl.load(flags + row, mask=inside, other=1)
+    flags = tl.load(table + n_tensors + index).to(tl.pointer_type(tl.float32))
+    kept = tl.load(flags + row, mask=inside, other=1.0)
     grad = tl.load(table + index).to(tl.pointer_type(tl.float32))
     tl.store(grad + offsets, tl.zeros([BLOCK], dtype=tl.float32), mask=inside & (kept == 0))
 
 
 def triton_mask_gradients(grads: list[torch.Tensor], masks: list[torch.Tensor]) -> None:
-    """`mask_gradients(grads, masks)` for contiguous 2-d fp32 gradients and bool keep flags
-    viewed as [rows, 1] or [1, columns]."""
+    """`mask_gradients(grads, masks)` for contiguous 2-d fp32 gradients and fp32 keep flags
+    (1.0 or 0.0) viewed as [rows, 1] or [1, columns]."""
     for grad, mask in zip(grads, masks, strict=True):
-        if grad.dtype != torch.float32 or grad.dim() != 2 or not grad.is_contiguous() or mask.dtype != torch.bool:
-            raise ValueError("the fused masks take contiguous 2-d fp32 gradients and bool flags")
+        if grad.dtype != torch.float32 or grad.dim() != 2 or not grad.is_contiguous() or mask.dtype != torch.float32:
+            raise ValueError("the fused masks take contiguous 2-d fp32 gradients and fp32 flags")
     device = grads[0].device
     block_tensor, block_start = block_map(tuple(g.numel() for g in grads), device)
     table = [[g.data_ptr() for g in grads], [m.data_ptr() for m in masks], [g.numel() for g in grads],
@@ -66,7 +66,7 @@ def main() -> None:
     for rows, columns, by_column in ((96, 37, False), (37, 96, True), (3, 4097, False), (4097, 3, True)):
         grads.append(torch.randn(rows, columns, generator=generator).to(args.device))
         width = columns if by_column else rows
-        keep = (torch.rand(width, generator=generator) < 0.5).to(args.device)
+        keep = (torch.rand(width, generator=generator) < 0.5).float().to(args.device)
         masks.append(keep.view(1, -1) if by_column else keep.view(-1, 1))
     want = [g.clone() for g in grads]
     mask_gradients(want, masks)

@@ -14,7 +14,7 @@ from transformers.pytorch_utils import Conv1D
 
 from lifelong.config import ConfigError, validate_command_line
 from lifelong.methods.lora_migu import LoRAMIGU, LoRAMIGUConfig
-from lifelong.methods.migu import MIGU, MIGUConfig, output_magnitudes, row_quantile
+from lifelong.methods.migu import MIGU, MIGUConfig, output_magnitudes, row_thresholds
 from tests.methods.conftest import blocks, context, tiny_model
 
 
@@ -39,11 +39,14 @@ def independent_output_sums(model, data, extra: dict[str, nn.Module] | None = No
 
 @pytest.mark.parametrize("q", [0.0, 0.3, 0.5, 0.7, 1.0])
 @pytest.mark.parametrize("width", [1, 2, 7, 128])
-def test_row_quantile_equals_torch_quantile(q, width):
+def test_row_thresholds_keep_what_torch_quantile_keeps(q, width):
     generator = torch.Generator().manual_seed(width)
     values = torch.randn(5, width, generator=generator)
     values[0] = values[0].round()  # ties
-    torch.testing.assert_close(row_quantile(values, q), torch.quantile(values, q, dim=1, keepdim=True))
+    values[1] = 1.0  # all tied
+    thresholds = row_thresholds(values, q)
+    assert torch.equal(values >= thresholds, values >= torch.quantile(values, q, dim=1, keepdim=True))
+    assert (values == thresholds).any(dim=1).all()  # each threshold is one of its row's values
 
 
 def one_step(model, method, data):
