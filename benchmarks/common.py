@@ -18,7 +18,7 @@ from lifelong.config import TrainConfig, compose_train_config
 from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
 from lifelong.methods.base import StageContext
 from lifelong.models import build_model
-from lifelong.optim import LayerGradNorms, build_optimizer, default_param_groups
+from lifelong.optim import LayerGradNorms, build_optimizer, build_scheduler, default_param_groups
 from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.train import AUTOCAST, labelled_tokens, resolve_device, summed_token_loss, train
 
@@ -85,15 +85,16 @@ def model_parameters(cfg: TrainConfig) -> int:
     return sum(p.numel() for p in build_model(cfg.model, tokenizer).parameters())
 
 
-def stage1_step(overrides: list[str], micro_batch: int) -> tuple[Callable[[], None], torch.device]:
+def method_step(overrides: list[str], micro_batch: int, stage: int = 1) -> tuple[Callable[[], None], torch.device]:
     """One optimizer step of the trainer's loop for the composed config's method: forward, loss,
     the method's extra loss, backward, `transform_gradients`, per-layer norms and clipping,
-    AdamW, on the config's device under its autocast precision (fp16's loss scaling left out).
-    The method is prepared as for stage 1, where every method is active (MIGU masks, EWC holds
-    stage 0's Fisher, LoRA's adapters train); the model is built from seed 0. `train` is one
+    AdamW, the schedule's step, on the config's device under its autocast precision (fp16's
+    loss scaling left out). The method is prepared as for `stage` (its earlier stages finished
+    without training): from stage 1 on every method is active (MIGU masks, EWC holds a Fisher
+    per finished stage, LoRA's adapters train). The model is built from seed 0. `train` is one
     function, so this copies its step: if the loop changes, this must follow. Returns the step
     and the device it runs on."""
-    cfg = compose_train_config(["data.num_stages=2", *overrides])
+    cfg = compose_train_config([f"data.num_stages={stage + 1}", *overrides])
     device = resolve_device(cfg.trainer.device)
     autocast_dtype = AUTOCAST[cfg.trainer.precision]
     stream = cfg.data.build()
@@ -102,27 +103,33 @@ def stage1_step(overrides: list[str], micro_batch: int) -> tuple[Callable[[], No
     torch.manual_seed(0)
     method = cfg.method.build()
     model = method.wrap_model(build_model(cfg.model, tokenizer)).to(device)
-    contexts = [StageContext(index, stream, [blocks, blocks], model, tokenizer, device, RESULTS,
-                             micro_batch, None) for index in (0, 1)]
-    method.before_stage(contexts[0])
-    method.after_stage(contexts[0])
-    method.before_stage(contexts[1])
+    contexts = [StageContext(index, stream, [blocks] * (stage + 1), model, tokenizer, device, RESULTS,
+                             micro_batch, None) for index in range(stage + 1)]
+    for finished in contexts[:-1]:
+        method.before_stage(finished)
+        method.after_stage(finished)
+    method.before_stage(contexts[-1])
     groups = method.param_groups(model, cfg.trainer.lr, cfg.trainer.weight_decay)
     optimizer = build_optimizer(cfg.trainer, groups or default_param_groups(model, cfg.trainer.weight_decay))
+    scheduler = build_scheduler(cfg.trainer, optimizer)
     norms = LayerGradNorms(model)
     batch = blocks[torch.arange(micro_batch) % len(blocks)]  # a small stream may hold fewer blocks
     ids, labels = lm_inputs(batch, device)
     loss_scale = 1 / labelled_tokens(batch)
+    window_loss = torch.zeros((), device=device)
 
     def step() -> None:
+        nonlocal window_loss
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss = summed_token_loss(model(input_ids=ids).logits, labels) * loss_scale
             extra = method.extra_loss(model)
         (loss if extra is None else loss + extra).backward()
+        window_loss += loss.detach().float()
         method.transform_gradients(model)
         _, total = norms.compute()
         norms.clip_(total, cfg.trainer.max_grad_norm)
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
     for _ in range(3):  # optimizer state and caches exist before anything is measured

@@ -4,7 +4,7 @@
 
 EWC misses its target at paper scale on a GPU (benchmarks/RESULTS.md), where its term is bound
 by memory traffic. Every variant gets its own model and optimizer, prepared as for stage 1
-(common.stage1_step), and runs `--steps` steps per round next to finetune's, in a rotating order:
+(common.method_step), and runs `--steps` steps per round next to finetune's, in a rotating order:
   ewc         as shipped (sub + addcmul: 7 passes over the parameters' size)
   ewc_triton  fused (ewc_triton.py: 5 passes, one launch)
 On a GPU the step is bf16 autocast at 512 tokens, the model and micro-batch as given (default
@@ -28,22 +28,21 @@ EWC_INIT = EWC.__init__
 
 
 def fused_transform_gradients(self: EWC, model: torch.nn.Module) -> None:
-    """EWC.transform_gradients with ewc_triton's kernel: one EWCGradient per term and set of
-    parameters with a gradient, made at the first step that needs it and made again when the
-    term's tensors are new ones (online EWC replaces its one term after every stage)."""
+    """EWC.transform_gradients with ewc_triton's kernel: one EWCGradient per set of parameters with
+    a gradient and of the term's tensors, made at the first step that needs it. After a stage the
+    term holds new tensors (merged, or online EWC's latest), so the kernel is keyed by their ids
+    too; a cached kernel keeps its tensors alive, so those ids are not reused meanwhile."""
     from ewc_triton import EWCGradient  # Triton: on the GPU machine, not in the project's deps
 
-    cache = self.__dict__.setdefault("fused_terms", {})
-    for index, (fisher, anchor) in enumerate(self.terms):
-        names = tuple(name for name in anchor if self.params[name].grad is not None)
-        if not names:
-            continue
-        kernel, first_anchor = cache.get((index, names), (None, None))
-        if first_anchor is not anchor[names[0]]:
-            kernel = EWCGradient([self.params[n].detach() for n in names], [anchor[n] for n in names],
-                                 [fisher[n] for n in names])
-            cache[index, names] = kernel, anchor[names[0]]
-        kernel([self.params[n].grad for n in names], self.cfg.ewc_lambda)
+    names = tuple(name for name in self.anchor if self.params[name].grad is not None)
+    if not names:
+        return
+    anchors, fishers = [self.anchor[n] for n in names], [self.fisher[n] for n in names]
+    key = (names, tuple(map(id, anchors)), tuple(map(id, fishers)))
+    cache = self.__dict__.setdefault("fused", {})
+    if key not in cache:
+        cache[key] = EWCGradient([self.params[n].detach() for n in names], anchors, fishers)
+    cache[key]([self.params[n].grad for n in names], self.cfg.ewc_lambda)
 
 
 def fused_init(self: EWC, cfg: EWCConfig) -> None:

@@ -1,14 +1,16 @@
 """Each method's step relative to full fine-tuning, paired within one process.
 
-    python benchmarks/methods_paired.py [--micro-batch 8] [--rounds 100] [--steps 10] [--name methods_paired]
+    python benchmarks/methods_paired.py [--micro-batch 8] [--rounds 100] [--steps 10] [--stage 1]
+                                        [--name methods_paired]
 
 methods.py times whole runs in turn, each in its own process, and on this shared 2-core machine
 a run's speed drifts by 10-20% over minutes: more than the 5% MIGU is allowed. Here every method
-gets its own model (built from the same seed) and optimizer, prepared as for stage 1, all in one
-process; each round runs `--steps` steps of every method back to back (in a rotating order), so
-the steps a ratio compares are a fraction of a second apart. A method's ratio is the median over
-rounds of its round time / finetune's round time in the same round. The step is the trainer's
-(common.stage1_step), without the per-window logging, which does not depend on the method.
+gets its own model (built from the same seed) and optimizer, prepared as for `--stage` (1, where
+every method is active; a later one gives EWC more finished stages), all in one process; each
+round runs `--steps` steps of every method back to back (in a rotating order), so the steps a
+ratio compares are a fraction of a second apart. A method's ratio is the median over rounds of
+its round time / finetune's round time in the same round. The step is the trainer's
+(common.method_step), without the per-window logging, which does not depend on the method.
 Writes benchmarks/results/<name>.json.
 """
 
@@ -21,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
-from common import save_result, stage1_step, synchronize
+from common import method_step, save_result, synchronize
 
 from lifelong.launch.host_memory import keep_freed_host_memory
 
@@ -30,9 +32,10 @@ TARGETS = {"migu": 1.05, "ewc": 1.10}
 
 
 def paired_step_times(overrides: list[str], methods: list[str], micro_batch: int, rounds: int,
-                      steps: int) -> dict:
+                      steps: int, stage: int = 1) -> dict:
     """Step times of `methods` (the first is the reference) in paired rounds, and their ratios."""
-    return paired_rounds({m: stage1_step([*overrides, f"method={m}"], micro_batch) for m in methods}, rounds, steps)
+    return paired_rounds({m: method_step([*overrides, f"method={m}"], micro_batch, stage) for m in methods},
+                         rounds, steps)
 
 
 def paired_rounds(prepared: dict[str, tuple[Callable[[], None], torch.device]], rounds: int, steps: int) -> dict:
@@ -76,7 +79,7 @@ Variants = dict[str, tuple[list[str], Callable[[], contextlib.AbstractContextMan
 
 
 def paired_variants(variants: Variants, micro_batch: int, rounds: int, steps: int) -> dict:
-    """Candidate code side by side: each variant's step is prepared (stage1_step) from its
+    """Candidate code side by side: each variant's step is prepared (method_step) from its
     overrides inside its context (a patch the prepared method keeps, e.g. a kernel it chose when
     it was built), then all are timed in paired rounds, the first the reference. A variant that
     cannot be prepared here (a kernel that does not compile) is left out with its error printed.
@@ -85,7 +88,7 @@ def paired_variants(variants: Variants, micro_batch: int, rounds: int, steps: in
     for name, (overrides, context) in variants.items():
         with context():
             try:
-                prepared[name] = stage1_step(overrides, micro_batch)
+                prepared[name] = method_step(overrides, micro_batch)
             except Exception as error:
                 print(f"{name}: left out: {type(error).__name__}: {str(error)[:300]}", flush=True)
     measured = paired_rounds(prepared, rounds, steps)
@@ -101,16 +104,20 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--steps", type=int, default=10, help="steps of each method per round")
+    parser.add_argument("--stage", type=int, default=1, help="the stage each method is prepared for (>= 1)")
     parser.add_argument("--name", default="methods_paired", help="results/<name>.json")
     args = parser.parse_args()
+    if args.stage < 1:
+        parser.error(f"--stage: {args.stage}; allowed: an integer >= 1 (stage 0 is plain fine-tuning for every method)")
     torch.set_num_threads(1)
     keep_freed_host_memory()  # as the trainer does (trainer.keep_host_memory)
-    measured = paired_step_times([], METHODS, args.micro_batch, args.rounds, args.steps)
+    measured = paired_step_times([], METHODS, args.micro_batch, args.rounds, args.steps, args.stage)
     ratio = measured["ratio_vs_finetune"]
     result = {
         "what": f"step time (s) per method, paired rounds in one process, tiny GPT-2 preset, "
-                f"batch {args.micro_batch}x128, CPU, 1 thread",
+                f"batch {args.micro_batch}x128, stage {args.stage}, CPU, 1 thread",
         "micro_batch": args.micro_batch,
+        "stage": args.stage,
         **measured,
         "targets": TARGETS,
         "met": {m: ratio[m] <= target for m, target in TARGETS.items()},

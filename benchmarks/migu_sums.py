@@ -3,7 +3,7 @@
     python benchmarks/migu_sums.py [--rounds 20] [--steps 10] [--micro-batch 16] [--device cuda]
 
 MIGU misses its target on the GPU (benchmarks/RESULTS.md); this script tells its parts apart.
-Every variant gets its own model and optimizer, prepared as for stage 1 (common.stage1_step),
+Every variant gets its own model and optimizer, prepared as for stage 1 (common.method_step),
 and runs `--steps` steps per round next to finetune's in a rotating order:
   migu             as shipped (on a GPU one Triton launch sums a forward's outputs, migu_triton.py)
   migu_compiled    the sums torch.compile'd instead, one call per forward (shipped before c3428ac)

@@ -16,7 +16,7 @@ Writes benchmarks/results/op_counts.json.
 from __future__ import annotations
 
 import torch
-from common import save_result, stage1_step
+from common import method_step, save_result
 from torch.profiler import profile
 
 # ops that launch no kernel: views, allocations, dtype no-ops
@@ -29,7 +29,7 @@ METHODS = ["finetune", "ewc", "migu", "lora", "lora_migu"]
 
 
 def ops_per_step(method_name: str) -> int:
-    step, _ = stage1_step(["model.n_layer=12", f"method={method_name}"], micro_batch=1)
+    step, _ = method_step(["model.n_layer=12", f"method={method_name}"], micro_batch=1)
     with profile() as prof:
         step()
     return sum(1 for e in prof.events() if e.name.startswith("aten::") and e.name not in NO_KERNEL

@@ -3,7 +3,7 @@
     python benchmarks/profile_step.py [--steps 10] [--micro-batch 8] [--top 15] [OVERRIDES...]
     python benchmarks/profile_step.py method=migu trainer=gpu model=gpt2_100m data.seq_len=512
 
-The step is common.stage1_step (the trainer's step, the method prepared as for stage 1). Prints
+The step is common.method_step (the trainer's step, the method prepared as for stage 1). Prints
 the wall time per step, the host time the ops' dispatch takes (self CPU time), on CUDA the time
 kernels keep the GPU busy (if it is well below the wall time, the step is launch-bound: extra
 Python or extra small ops cost their full host time), and the top ops by device time.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import stage1_step, synchronize
+from common import method_step, synchronize
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the run's config")
     args = parser.parse_args()
     keep_freed_host_memory()  # as the trainer does (trainer.keep_host_memory)
-    step, device = stage1_step(args.overrides, args.micro_batch)
+    step, device = method_step(args.overrides, args.micro_batch)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     synchronize(device)
     start = time.perf_counter()

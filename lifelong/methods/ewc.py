@@ -6,6 +6,12 @@ After each stage: F = mean over `fisher_samples` sequences of the stage of (d lo
 Penalty: lambda/2 * sum_k sum_i F_k,i (theta_i - theta*_k,i)^2 over the finished stages k
 (ContinualLM uses lambda = 5000). Online EWC keeps one Fisher, F <- gamma F + F_new, and one
 anchor (the latest parameters).
+
+The stages' terms are held merged, per element: sum_k F_k (theta - a_k)^2 equals
+F (theta - a)^2 + C with F = sum_k F_k, a = sum_k F_k a_k / F (the Fisher-weighted mean anchor)
+and C = sum_k F_k (a_k - a)^2, which does not depend on theta. So a step's penalty gradient,
+lambda F (theta - a), costs one pass over the parameters whatever the number of finished stages
+(a term per stage would cost K passes at stage K), and the memory is one Fisher and one anchor.
 """
 
 from __future__ import annotations
@@ -48,33 +54,51 @@ def empirical_fisher(model: nn.Module, blocks: torch.Tensor, samples: int, devic
     return fisher
 
 
+def merge_terms(fisher: torch.Tensor, anchor: torch.Tensor, new_fisher: torch.Tensor,
+                new_anchor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """F (theta - a)^2 + F' (theta - a')^2 as (F + F') (theta - m)^2 + c: the summed Fisher, the
+    Fisher-weighted mean anchor m (a' where both Fishers are 0) and the constant c, in float64."""
+    f, a, f_new, a_new = (t.double() for t in (fisher, anchor, new_fisher, new_anchor))
+    total = f + f_new
+    mean = torch.where(total > 0, (f * a + f_new * a_new) / total, a_new)
+    constant = (f * (a - mean).square() + f_new * (a_new - mean).square()).sum().item()
+    return total.to(fisher.dtype), mean.to(anchor.dtype), constant
+
+
 class EWC(Method):
     def __init__(self, cfg: EWCConfig):
         self.cfg = cfg
-        # one (fisher, anchor) per finished stage, keyed by parameter name (what trains may differ
-        # between stages, e.g. LoRA from stage 1 on); online EWC keeps a single decayed pair
-        self.terms: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+        # the finished stages' terms merged, keyed by parameter name (what trains may differ between
+        # stages, e.g. LoRA from stage 1 on: a name merges the stages it trained in)
+        self.fisher: dict[str, torch.Tensor] = {}
+        self.anchor: dict[str, torch.Tensor] = {}
+        self.constant = 0.0  # the merged penalty's part that no parameter changes
         self.params: dict[str, nn.Parameter] = {}
 
     def after_stage(self, ctx: StageContext) -> None:
         fisher = empirical_fisher(ctx.model, ctx.stage_blocks[ctx.index], self.cfg.fisher_samples, ctx.device)
         self.params = dict(ctx.model.named_parameters())
         anchor = {name: self.params[name].detach().clone() for name in fisher}
-        if self.cfg.online and self.terms:
-            old = self.terms[0][0]
-            fisher = {name: self.cfg.gamma * old[name] + value if name in old else value
-                      for name, value in fisher.items()}
-            self.terms = []
-        self.terms.append((fisher, anchor))
+        if self.cfg.online:  # one decayed Fisher at the latest parameters
+            self.fisher = {name: self.cfg.gamma * self.fisher[name] + value if name in self.fisher else value
+                           for name, value in fisher.items()}
+            self.anchor = anchor
+            return
+        for name in fisher:
+            if name in self.fisher:
+                self.fisher[name], self.anchor[name], constant = merge_terms(
+                    self.fisher[name], self.anchor[name], fisher[name], anchor[name])
+                self.constant += constant
+            else:
+                self.fisher[name], self.anchor[name] = fisher[name], anchor[name]
 
     def penalty(self) -> torch.Tensor:
-        """lambda/2 sum_terms sum F (theta - theta*)^2: what the gradient below adds, for tests and reports."""
-        total = torch.zeros((), dtype=torch.float32, device=next(iter(self.params.values())).device)
-        for fisher, anchor in self.terms:
-            diffs = torch._foreach_sub([self.params[name] for name in anchor], list(anchor.values()))
-            weighted = torch._foreach_mul(torch._foreach_mul(diffs, diffs), list(fisher.values()))
-            total = total + torch.stack([w.sum() for w in weighted]).sum()
-        return self.cfg.ewc_lambda / 2 * total
+        """lambda/2 sum_k sum F_k (theta - theta*_k)^2: what the gradient below adds, for tests and reports."""
+        params = [self.params[name] for name in self.anchor]
+        diffs = torch._foreach_sub(params, list(self.anchor.values()))
+        weighted = torch._foreach_mul(torch._foreach_mul(diffs, diffs), list(self.fisher.values()))
+        total = torch.stack([w.float().sum() for w in weighted]).sum() if weighted else torch.zeros(())
+        return self.cfg.ewc_lambda / 2 * (total + self.constant)
 
     @torch.no_grad()
     def transform_gradients(self, model: nn.Module) -> None:
@@ -83,26 +107,25 @@ class EWC(Method):
         micro-batch. Parameters without a gradient (frozen by TGL) are left alone. At paper scale
         on a GPU this term is bound by memory traffic (8.1 ms of a 78 ms step, gpt2_large on an
         H100): sub + addcmul pass over the parameters' size 7 times, sub + mul + add 9 times."""
-        for fisher, anchor in self.terms:
-            names = [name for name in anchor if self.params[name].grad is not None]
-            if not names:
-                continue
-            params = [self.params[name] for name in names]
-            diffs = torch._foreach_sub(params, [anchor[name] for name in names])
-            torch._foreach_addcmul_([p.grad for p in params], diffs, [fisher[name] for name in names],
-                                    value=self.cfg.ewc_lambda)
+        names = [name for name in self.anchor if self.params[name].grad is not None]
+        if not names:
+            return
+        params = [self.params[name] for name in names]
+        diffs = torch._foreach_sub(params, [self.anchor[name] for name in names])
+        torch._foreach_addcmul_([p.grad for p in params], diffs, [self.fisher[name] for name in names],
+                                value=self.cfg.ewc_lambda)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"terms": self.terms}
+        return {"fisher": self.fisher, "anchor": self.anchor, "constant": self.constant}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.terms = state["terms"]
+        self.fisher, self.anchor, self.constant = state["fisher"], state["anchor"], state["constant"]
 
     def before_stage(self, ctx: StageContext) -> None:
         self.params = dict(ctx.model.named_parameters())  # also after a resume
         # a resume loads the terms onto the CPU; they belong with their parameters
-        self.terms = [tuple({name: value.to(self.params[name].device) for name, value in part.items()}
-                            for part in term) for term in self.terms]
+        self.fisher, self.anchor = ({name: value.to(self.params[name].device) for name, value in part.items()}
+                                    for part in (self.fisher, self.anchor))
 
 
 @dataclass

@@ -1,11 +1,12 @@
-"""EWC: the Fisher against a naive per-sample computation; the penalty against a hand sum."""
+"""EWC: the Fisher against a naive per-sample computation; the penalty and its gradient against
+hand sums over the stages."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lifelong.methods.ewc import EWC, EWCConfig
+from lifelong.methods.ewc import EWC, EWCConfig, empirical_fisher
 from tests.methods.conftest import blocks, context, tiny_model
 
 
@@ -24,7 +25,7 @@ def test_fisher_penalty_and_online_decay(tokenizer, tmp_path):
     data = [blocks(len(tokenizer), 6, seed=0)]
     ewc = EWC(EWCConfig(ewc_lambda=7.0, fisher_samples=4))
     ewc.after_stage(context(0, data, model, tmp_path))
-    fisher, anchor = ewc.terms[0]
+    fisher, anchor = ewc.fisher, ewc.anchor
     for ours, naive in zip(fisher.values(), naive_fisher(model, data[0][:4]), strict=True):
         assert torch.allclose(ours, naive, rtol=1e-4, atol=1e-12)
 
@@ -56,27 +57,52 @@ def test_online_keeps_one_decayed_fisher_and_the_latest_anchor(tokenizer, tmp_pa
     data = [blocks(len(tokenizer), 4, seed=s) for s in range(2)]
     ewc = EWC(EWCConfig(online=True, gamma=0.5, fisher_samples=2))
     ewc.after_stage(context(0, data[:1], model, tmp_path))
-    first = {k: v.clone() for k, v in ewc.terms[0][0].items()}
+    first = {k: v.clone() for k, v in ewc.fisher.items()}
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01)
     ewc.after_stage(context(1, data, model, tmp_path))
-    assert len(ewc.terms) == 1
     fresh = EWC(EWCConfig(fisher_samples=2))
     fresh.after_stage(context(1, data, model, tmp_path))
-    for name, value in ewc.terms[0][0].items():
-        assert torch.allclose(value, 0.5 * first[name] + fresh.terms[0][0][name])
+    for name, value in ewc.fisher.items():
+        assert torch.allclose(value, 0.5 * first[name] + fresh.fisher[name])
     for name, p in model.named_parameters():
-        assert torch.equal(ewc.terms[0][1][name], p.detach())
+        assert torch.equal(ewc.anchor[name], p.detach())
+    assert ewc.constant == 0.0
 
 
-def test_plain_ewc_keeps_a_term_per_stage(tokenizer, tmp_path):
+def test_plain_ewc_merges_its_stages_into_the_penalty_they_sum_to(tokenizer, tmp_path):
+    """Three stages held as one Fisher and one anchor give the penalty and the gradient of three
+    terms, each summed by hand; a parameter frozen in the first stage merges the stages it
+    trained in. Position rows past the blocks' length have no Fisher in any stage."""
     model = tiny_model(tokenizer).eval()
-    data = [blocks(len(tokenizer), 4, seed=s) for s in range(2)]
-    ewc = EWC(EWCConfig(fisher_samples=2))
-    ewc.after_stage(context(0, data[:1], model, tmp_path))
-    ewc.after_stage(context(1, data, model, tmp_path))
-    assert len(ewc.terms) == 2
+    data = [blocks(len(tokenizer), 4, seed=s) for s in range(3)]
+    named = dict(model.named_parameters())
+    late = "transformer.h.0.attn.c_attn.weight"
+    ewc = EWC(EWCConfig(ewc_lambda=7.0, fisher_samples=2))
+    stage_terms = []
+    for index in range(3):
+        named[late].requires_grad_(index > 0)
+        fisher = empirical_fisher(model, data[index], 2, torch.device("cpu"))
+        stage_terms.append({name: (f.double(), named[name].detach().double().clone()) for name, f in fisher.items()})
+        ewc.after_stage(context(index, data, model, tmp_path))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+    assert late not in stage_terms[0] and late in ewc.fisher
+    assert set(ewc.fisher) == set(ewc.anchor) == set(named)
+
+    by_hand = sum(((f * (named[name].detach().double() - a) ** 2).sum() for term in stage_terms
+                   for name, (f, a) in term.items()), torch.zeros((), dtype=torch.float64))
+    assert ewc.penalty().item() == pytest.approx(7.0 / 2 * by_hand.item(), rel=1e-5)
+
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    ewc.transform_gradients(model)
+    for name, p in named.items():
+        expected = 1 + 7.0 * sum(term[name][0] * (p.detach().double() - term[name][1])
+                                 for term in stage_terms if name in term)
+        assert torch.allclose(p.grad.double(), expected, rtol=1e-5, atol=1e-6), name
 
 
 def test_resumed_terms_move_to_their_parameters_device(tokenizer, tmp_path):
@@ -89,5 +115,5 @@ def test_resumed_terms_move_to_their_parameters_device(tokenizer, tmp_path):
     resumed = EWC(EWCConfig(fisher_samples=2))
     resumed.load_state_dict(saved.state_dict())
     resumed.before_stage(context(1, data, model.to("meta"), tmp_path))
-    fisher, anchor = resumed.terms[0]
+    fisher, anchor = resumed.fisher, resumed.anchor
     assert {t.device.type for t in [*fisher.values(), *anchor.values()]} == {"meta"}
