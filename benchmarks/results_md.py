@@ -132,7 +132,8 @@ def rows() -> list[str]:
         out.append(row("3", f"each method / finetune, whole runs in turn, {batch} (joint runs finetune's step: "
                        "its distance from 1 is the noise; targets are judged on the paired rows)",
                        ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items() if n != "finetune")))
-    for name, batch in (("methods_paired", "8x128"), ("methods_paired_mb1", "1x128")):
+    for name, batch in (("methods_paired", "8x128"), ("methods_paired_mb1", "1x128"),
+                        ("methods_paired_mb1_stage3", "1x128 at stage 3 (3 finished stages for EWC)")):
         paired = load(name)
         if not paired:
             out.append(row("3", f"methods_paired.py ({batch})", "not run"))
