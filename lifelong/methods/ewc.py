@@ -56,13 +56,16 @@ def empirical_fisher(model: nn.Module, blocks: torch.Tensor, samples: int, devic
 
 def merge_terms(fisher: torch.Tensor, anchor: torch.Tensor, new_fisher: torch.Tensor,
                 new_anchor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """F (theta - a)^2 + F' (theta - a')^2 as (F + F') (theta - m)^2 + c: the summed Fisher, the
-    Fisher-weighted mean anchor m (a' where both Fishers are 0) and the constant c, in float64."""
-    f, a, f_new, a_new = (t.double() for t in (fisher, anchor, new_fisher, new_anchor))
-    total = f + f_new
-    mean = torch.where(total > 0, (f * a + f_new * a_new) / total, a_new)
-    constant = (f * (a - mean).square() + f_new * (a_new - mean).square()).sum().item()
-    return total.to(fisher.dtype), mean.to(anchor.dtype), constant
+    """F (theta - a)^2 + F' (theta - a')^2 = (F + F') (theta - m)^2 + c, element-wise: returns the
+    summed Fisher, m = a' + w (a - a') with w = F / (F + F') (0 where both Fishers are 0) and
+    c = sum F' w (a - a')^2. m as a step from a' keeps its rounding relative to the anchors'
+    difference rather than their size, so fp32 suffices (float64 would double a 710M model's
+    transient memory); c is summed in float64."""
+    total = fisher + new_fisher
+    weight = torch.where(total > 0, fisher / total, 0.0)
+    difference = anchor - new_anchor
+    constant = (new_fisher * weight * difference.square()).sum(dtype=torch.float64).item()
+    return total, new_anchor + weight * difference, constant
 
 
 class EWC(Method):
