@@ -86,7 +86,11 @@ class EWC(Method):
             self.fisher = {name: self.cfg.gamma * self.fisher[name] + value if name in self.fisher else value
                            for name, value in fisher.items()}
             self.anchor = anchor
-            return
+        else:
+            self.add_term(fisher, anchor)
+
+    def add_term(self, fisher: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor]) -> None:
+        """Merge a finished stage's Fisher and anchor into the held term."""
         for name in fisher:
             if name in self.fisher:
                 self.fisher[name], self.anchor[name], constant = merge_terms(
@@ -122,6 +126,10 @@ class EWC(Method):
         return {"fisher": self.fisher, "anchor": self.anchor, "constant": self.constant}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "terms" in state:  # a checkpoint from before the terms were merged: one term per stage
+            for fisher, anchor in state["terms"]:
+                self.add_term(fisher, anchor)
+            return
         self.fisher, self.anchor, self.constant = state["fisher"], state["anchor"], state["constant"]
 
     def before_stage(self, ctx: StageContext) -> None:

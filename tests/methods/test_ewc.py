@@ -117,3 +117,23 @@ def test_resumed_terms_move_to_their_parameters_device(tokenizer, tmp_path):
     resumed.before_stage(context(1, data, model.to("meta"), tmp_path))
     fisher, anchor = resumed.fisher, resumed.anchor
     assert {t.device.type for t in [*fisher.values(), *anchor.values()]} == {"meta"}
+
+
+def test_a_checkpoint_with_a_term_per_stage_loads_merged(tokenizer, tmp_path):
+    """Checkpoints written before the merge hold {"terms": [(fisher, anchor), ...]}, one per stage."""
+    model = tiny_model(tokenizer).eval()
+    data = [blocks(len(tokenizer), 4, seed=s) for s in range(2)]
+    ran = EWC(EWCConfig(fisher_samples=2))
+    terms = []
+    for index in range(2):
+        ran.after_stage(context(index, data, model, tmp_path))
+        fisher = empirical_fisher(model, data[index], 2, torch.device("cpu"))
+        terms.append((fisher, {name: p.detach().clone() for name, p in model.named_parameters()}))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+    loaded = EWC(EWCConfig(fisher_samples=2))
+    loaded.load_state_dict({"terms": terms})
+    assert loaded.constant == pytest.approx(ran.constant) and ran.constant > 0
+    for name in ran.fisher:
+        assert torch.equal(loaded.fisher[name], ran.fisher[name]) and torch.equal(loaded.anchor[name], ran.anchor[name])
