@@ -1,8 +1,10 @@
 """Where MIGU's extra step time goes: ways of summing |output| side by side, paired rounds.
 
     python benchmarks/migu_sums.py [--rounds 20] [--steps 10] [--micro-batch 16] [--device cuda]
+    python benchmarks/migu_sums.py --device cpu --micro-batch 1 --rounds 300   (MIGU's parts on a CPU)
 
-MIGU misses its target on the GPU (benchmarks/RESULTS.md); this script tells its parts apart.
+MIGU misses its target on the GPU and on a CPU at batch 1x128 (benchmarks/RESULTS.md); this
+script tells its parts apart.
 Every variant gets its own model and optimizer, prepared as for stage 1 (common.method_step),
 and runs `--steps` steps per round next to finetune's in a rotating order:
   migu             as shipped (on a GPU one Triton launch sums a forward's outputs, migu_triton.py)
@@ -13,7 +15,10 @@ and runs `--steps` steps per round next to finetune's in a rotating order:
   migu_no_sums     hooks and masking only: the sums are never computed (masks from zeros)
   migu_masks       as shipped, but the masks set by one Triton launch that writes only the masked
                    rows' zeros (migu_mask_triton.py; a candidate, not shipped)
-On a GPU the step is gpt2_100m, 16 x 512, bf16 as in gpu.py; on a CPU the tiny preset. Prints
+  migu_no_masks    as shipped, but the gradients are never masked
+On a GPU the step is gpt2_100m, 16 x 512, bf16 as in gpu.py. On a CPU (one thread) the tiny
+preset, and only finetune, migu and the variants that leave a part out (the others change the
+GPU's code): what each part of MIGU costs there. Prints
 each variant's median step time and its median ratio to finetune's step, and saves them to
 benchmarks/results/migu_sums_<device>.json (a row of RESULTS.md).
 """
@@ -29,6 +34,7 @@ from common import save_result
 from methods_paired import paired_variants, patched
 
 import lifelong.methods.migu as migu_module
+from lifelong.launch.host_memory import keep_freed_host_memory
 from lifelong.methods.migu import MIGU, output_magnitudes
 
 GPU = ["trainer=gpu", "trainer.device=cuda", "model=gpt2_100m", "data.seq_len=512", "model.max_seq_len=512"]
@@ -57,7 +63,9 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "migu_norm": lambda: patched(migu_module, "gpu_output_magnitudes", lambda: norm_output_magnitudes),
     "migu_no_sums": lambda: patched(MIGU, "_accumulate", no_sums),
     "migu_masks": lambda: patched(migu_module, "mask_gradients", triton_mask_gradients),
+    "migu_no_masks": lambda: patched(migu_module, "mask_gradients", lambda grads, masks: None),
 }
+CPU_VARIANTS = ["finetune", "migu", "migu_no_sums", "migu_no_masks"]
 
 
 def main() -> None:
@@ -67,9 +75,14 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args()
-    overrides = GPU if args.device == "cuda" else ["trainer.device=cpu"]
-    variants = {name: ([*overrides, f"method={'finetune' if name == 'finetune' else 'migu'}"], context)
-                for name, context in VARIANTS.items()}
+    if args.device == "cuda":
+        overrides, names = GPU, list(VARIANTS)
+    else:
+        torch.set_num_threads(1)  # as methods_paired.py
+        keep_freed_host_memory()
+        overrides, names = ["trainer.device=cpu"], CPU_VARIANTS
+    variants = {name: ([*overrides, f"method={'finetune' if name == 'finetune' else 'migu'}"], VARIANTS[name])
+                for name in names}
     measured = paired_variants(variants, args.micro_batch, args.rounds, args.steps)
     device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     save_result(f"migu_sums_{args.device}", {"device": device, "micro_batch": args.micro_batch, **measured})

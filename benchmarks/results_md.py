@@ -93,10 +93,10 @@ def gpu_method_rows(methods: dict, setting: str) -> list[str]:
     return out
 
 
-def variant_row(variants: dict, setting: str) -> str:
+def variant_row(variants: dict, setting: str, figure: str = "3 GPU") -> str:
     """A candidates script's paired rounds: each variant's step / finetune's, with quartiles."""
     ratios, quartiles = variants["ratio_vs_finetune"], variants["ratio_quartiles"]
-    return row("3 GPU", f"{setting}, step / finetune step, paired rounds ({variants['device']}, code at "
+    return row(figure, f"{setting}, step / finetune step, paired rounds ({variants['device']}, code at "
                         f"{variants['commit']})",
                "; ".join(f"{name} {ratios[name]:.3f}x ({quartiles[name][0]:.3f}-{quartiles[name][1]:.3f})"
                          for name in ratios if name != "finetune"))
@@ -144,6 +144,9 @@ def rows() -> list[str]:
             out.append(row("3", f"{method} step / finetune step, {batch}, paired rounds in one process "
                            f"({paired['rounds']} rounds)", f"{ratios[method]:.3f}x (quartiles {low:.3f}-{high:.3f})",
                            f"<= {target}", ratios[method] <= target))
+    if parts := load("migu_sums_cpu"):
+        out.append(variant_row(parts, f"MIGU's parts left out one at a time, tiny preset {parts['micro_batch']}x128, "
+                                      "CPU 1 thread (migu_sums.py --device cpu)", "3"))
     ops = load("op_counts")
     if ops:
         counts = ops["ops_per_step"]

@@ -11,6 +11,7 @@ python methods.py --micro-batch 1 --steps 150 --name methods_mb1
 python methods_paired.py
 python methods_paired.py --micro-batch 1 --rounds 300 --name methods_paired_mb1
 python methods_paired.py --micro-batch 1 --rounds 300 --stage 3 --name methods_paired_mb1_stage3
+python migu_sums.py --device cpu --micro-batch 1 --rounds 300
 python op_counts.py
 python tgl.py
 python eval_throughput.py
