@@ -104,7 +104,7 @@ class EWC(Method):
         params = [self.params[name] for name in self.anchor]
         diffs = torch._foreach_sub(params, list(self.anchor.values()))
         weighted = torch._foreach_mul(torch._foreach_mul(diffs, diffs), list(self.fisher.values()))
-        total = torch.stack([w.float().sum() for w in weighted]).sum() if weighted else torch.zeros(())
+        total = torch.stack([w.sum() for w in weighted]).sum() if weighted else torch.zeros(())
         return self.cfg.ewc_lambda / 2 * (total + self.constant)
 
     @torch.no_grad()
