@@ -13,17 +13,16 @@ import numpy as np  # noqa: E402
 
 from lifelong.data.stream import PROBE_SETS  # noqa: E402
 from lifelong.report.collect import Run, group_runs  # noqa: E402
+from lifelong.report.tables import mean_of_present  # noqa: E402
 
 
 def _mean_matrix(runs: list[Run], name: str) -> np.ndarray:
-    """Mean over seeds, as the tables take it: a seed's empty cell (None, an empty probe set) is
-    skipped, a diverged seed's NaN makes the cell NaN; a cell no seed has stays NaN. NaN is drawn blank."""
-    cells = [r.results["probe_sets"][name]["matrix"] for r in runs]
-    present = np.array([[[value is not None for value in row] for row in matrix] for matrix in cells])
-    values = np.array([[[0.0 if value is None else value for value in row] for row in matrix] for matrix in cells])
-    counts = present.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, values.sum(axis=0) / counts, np.nan)
+    """Each cell's mean over seeds by the tables' rule (tables.mean_of_present): a seed's empty cell
+    (None, an empty probe set) is skipped, a diverged seed's NaN makes the cell NaN, a cell no seed
+    has is NaN. NaN is drawn blank."""
+    matrices = [r.results["probe_sets"][name]["matrix"] for r in runs]
+    return np.array([[mean_of_present(list(seeds)) for seeds in zip(*rows, strict=True)]
+                     for rows in zip(*matrices, strict=True)], dtype=float)
 
 
 def _finished_rows(runs: list[Run]) -> dict[str, list[Run]]:

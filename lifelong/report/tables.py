@@ -38,8 +38,9 @@ class Table:
     incomplete: set[str]  # rows with a missing or failed run
 
 
-def _mean_of_present(values: list[float | None]) -> float | None:
-    """Mean over the probe sets that exist (None: empty), None if none does; NaN propagates."""
+def mean_of_present(values: list[float | None]) -> float | None:
+    """Mean over the values that exist (None: an empty probe set), None if none does; NaN propagates.
+    The rule for probe sets within a run, and for seeds within a heatmap cell (plots.py)."""
     present = [value for value in values if value is not None]
     return fmean(present) if present else None
 
@@ -49,8 +50,8 @@ def run_metrics(results: dict, table: str) -> dict[str, float | None]:
     if table == "forgetting":
         return {name: sets[name]["forgetting"] for name in PROBE_SETS}
     finals = {name: sets[name]["final"] for name in PROBE_SETS}
-    forgetting = _mean_of_present([sets[name]["forgetting"] for name in PROBE_SETS])
-    return {**finals, "forgetting": forgetting, "avg": _mean_of_present(list(finals.values()))}
+    forgetting = mean_of_present([sets[name]["forgetting"] for name in PROBE_SETS])
+    return {**finals, "forgetting": forgetting, "avg": mean_of_present(list(finals.values()))}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
