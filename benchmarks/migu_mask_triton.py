@@ -2,7 +2,7 @@
 
     python benchmarks/migu_mask_triton.py [--device cuda]   (checks it against lifelong's mask_gradients)
 
-A candidate for lifelong/methods/migu.py, timed by migu_sums.py (variant migu_mask_triton); not
+A candidate for lifelong/methods/migu.py, timed by migu_sums.py (variant migu_masks); not
 part of the library yet. The shipped `_foreach_mul_(grads, masks)` broadcasts each layer's keep
 flags over its gradient: a launch per layer (broadcasting takes foreach's slow path) that reads
 and writes every weight gradient. This reads only the flags and writes zeros where a row is
