@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark of issue 9, one after another (they must not share the CPU), then RESULTS.md.
-#   bash benchmarks/run_all.sh            (~45 min on 2 cores; the paper_main_cpu sweep is ~7 of them)
+#   bash benchmarks/run_all.sh            (~1 hour on 2 cores: overhead.py ~25 min, the paper_main_cpu sweep ~7)
 set -euo pipefail
 cd "$(dirname "$0")"
 export WANDB_MODE=offline HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
