@@ -79,15 +79,12 @@ def perplexity(
     total = torch.zeros((), dtype=torch.float64, device=device)
     for first in range(0, len(order), batch_size):
         chunk = order[first : first + batch_size]
-        width = max(len(probes.ids[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.bool)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            n = len(probes.ids[i])
-            ids[row, :n] = torch.tensor(probes.ids[i])
-            mask[row, :n] = torch.tensor(probes.targets[i])
-            attention[row, :n] = 1
+        lengths = [len(probes.ids[i]) for i in chunk]
+        width = max(lengths)
+        # padded as Python lists, one tensor each: a copy per row costs ~3% of a CPU evaluation
+        ids = torch.tensor([probes.ids[i] + [pad_id] * (width - n) for i, n in zip(chunk, lengths, strict=True)])
+        mask = torch.tensor([probes.targets[i] + [False] * (width - n) for i, n in zip(chunk, lengths, strict=True)])
+        attention = (torch.arange(width) < torch.tensor(lengths)[:, None]).long()
         ids, mask, attention = ids.to(device), mask.to(device), attention.to(device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(input_ids=ids, attention_mask=attention).logits
