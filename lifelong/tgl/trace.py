@@ -36,17 +36,8 @@ class Trace:
 
 def span_batch(probes: EncodedProbes, rows: list[int], pad_id: int) -> tuple[torch.Tensor, ...]:
     """Right-padded ids, attention mask, and labels that are -100 outside the knowledge spans."""
-    width = max(len(probes.ids[i]) for i in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for row, i in enumerate(rows):
-        n = len(probes.ids[i])
-        ids[row, :n] = torch.tensor(probes.ids[i])
-        attention[row, :n] = 1
-        target = torch.tensor(probes.targets[i])
-        labels[row, :n] = torch.where(target, ids[row, :n], -100)
-    return ids, attention, labels
+    ids, targets, attention = probes.padded(rows, pad_id)
+    return ids, attention, torch.where(targets, ids, -100)
 
 
 def _mean_norms(model: nn.Module, norms: LayerGradNorms, losses) -> list[float]:

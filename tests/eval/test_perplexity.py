@@ -10,7 +10,7 @@ import torch
 from lifelong.config import ModelConfig
 from lifelong.data.stream import Probe
 from lifelong.data.tokens import train_tokenizer
-from lifelong.eval.perplexity import encode_probes, perplexity
+from lifelong.eval.perplexity import EncodedProbes, encode_probes, perplexity
 from lifelong.models import build_model
 
 TEXTS = ["Ana lives in Rome.", "The employer of Bo Lin is Quark Corp.", "Cy plays for Tor United.", "Hi."]
@@ -67,3 +67,11 @@ def test_a_long_probe_keeps_its_span_and_a_span_too_long_is_an_error():
     assert encode_probes(tokenizer, [long_span], n + 1).targets[0] == [False] + [True] * n
     with pytest.raises(ValueError, match=rf"is {n} tokens; with the token that predicts its first, it does not fit"):
         encode_probes(tokenizer, [long_span], n)
+
+
+def test_a_batch_is_right_padded_with_its_targets_and_attention():
+    probes = EncodedProbes(ids=[[5, 6, 7], [8], [9, 10]], targets=[[False, True, True], [True], [False, True]])
+    ids, targets, attention = probes.padded([1, 0], pad_id=0)
+    assert ids.tolist() == [[8, 0, 0], [5, 6, 7]]
+    assert targets.tolist() == [[True, False, False], [False, True, True]]
+    assert attention.tolist() == [[1, 0, 0], [1, 1, 1]]

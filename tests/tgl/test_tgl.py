@@ -10,7 +10,7 @@ import torch
 from lifelong.config import CONF_DIR, ModelConfig, SyntheticDataConfig
 from lifelong.data.synthetic import generate_stream
 from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
-from lifelong.eval.perplexity import encode_probes
+from lifelong.eval.perplexity import EncodedProbes, encode_probes
 from lifelong.methods.base import StageContext
 from lifelong.models import build_model, layer_of
 from lifelong.optim import build_optimizer, default_param_groups
@@ -231,3 +231,11 @@ def test_logged_grad_norm_rows_follow_tgls_block_pattern(tmp_path):
     logged = [key.removeprefix("grad_norm/") for key in read_jsonl_metrics(run_dir / "metrics.jsonl")[0]
               if key.startswith("grad_norm/")]
     assert logged == trace["layers"] and "other" in logged  # attention and block norms fall outside it
+
+
+def test_span_batch_labels_only_the_spans():
+    probes = EncodedProbes(ids=[[8], [9, 10]], targets=[[True], [False, True]])
+    ids, attention, labels = span_batch(probes, [1, 0], pad_id=0)
+    assert ids.tolist() == [[9, 10], [8, 0]]
+    assert attention.tolist() == [[1, 1], [1, 0]]
+    assert labels.tolist() == [[-100, 10], [8, -100]]
