@@ -45,7 +45,7 @@ from lifelong.data.tokens import PAD, lm_inputs, load_tokenizer, train_tokenizer
 from lifelong.eval.accuracy import span_accuracy
 from lifelong.eval.metrics import fuar, summarize
 from lifelong.eval.perplexity import EncodedProbes, encode_probes, perplexity
-from lifelong.launch.checkpoint import load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from lifelong.launch.checkpoint import checkpoint_dir, load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from lifelong.launch.distributed import DistEnv, any_rank, init_distributed, mean_across_ranks
 from lifelong.launch.host_memory import keep_freed_host_memory
 from lifelong.launch.preemption import Preemption
@@ -60,6 +60,10 @@ from lifelong.track.runinfo import run_info
 
 AUTOCAST = {Precision.fp32: None, Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}
 
+# what a checkpoint holds (`checkpoint`), and mid-stage also the optimizer's state: a resume from an
+# older lifelong's checkpoint that lacks one would fail part-way, so it is refused up front
+CHECKPOINT_KEYS = {"stage", "step", "global_step", "model", "rng", "scaler", "hooks", "matrices", "initial"}
+MID_STAGE_KEYS = {"optimizer", "scheduler", "window_loss"}
 PREEMPTION_POLL_STEPS = 10  # with several ranks; SLURM warns ahead of the kill (--signal=USR2@120)
 
 
@@ -173,6 +177,14 @@ def format_row(stage: int, row: list[dict[str, float | None]]) -> str:
     return "\n".join(lines)
 
 
+def check_resumable(run_dir: Path, state: dict) -> None:
+    """A ValueError naming what the latest checkpoint lacks, if it lacks anything a resume reads."""
+    missing = (CHECKPOINT_KEYS | (MID_STAGE_KEYS if state.get("step") else set())) - state.keys()
+    if missing:
+        raise ValueError(f"the latest checkpoint in {checkpoint_dir(run_dir)} lacks {', '.join(sorted(missing))}: an "
+                         "older lifelong wrote it. Resume with that version, or move the directory away to start over")
+
+
 def checkpoint(run_dir: Path, env: DistEnv, tc: TrainerConfig, global_step: int, state: dict, model: nn.Module,
                hooks: list[Method], matrices: dict, initial: list[dict], scaler: torch.amp.GradScaler) -> None:
     """Everything a resume needs besides `state` (position and optimizer); rank 0 writes."""
@@ -203,6 +215,8 @@ def train(cfg: TrainConfig) -> dict:
     seed_everything(cfg.seed)
     autocast_dtype = AUTOCAST[cfg.trainer.precision]
     resume = load_latest_checkpoint(run_dir)
+    if resume:
+        check_resumable(run_dir, resume)
     if resume and env.is_main:
         print(f"Resuming {run_dir} at stage {resume['stage']}, step {resume['step']}", flush=True)
     if env.is_main:

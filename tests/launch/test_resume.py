@@ -9,8 +9,9 @@ import sys
 import time
 
 import pytest
+import torch
 
-from lifelong.launch.checkpoint import checkpoint_dir, load_latest_checkpoint
+from lifelong.launch.checkpoint import checkpoint_dir, load_latest_checkpoint, save_checkpoint
 from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.train import train
 from tests.conftest import REPO, crashed_copy, losses, make_config
@@ -92,6 +93,20 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous(tmp_path, refere
     with pytest.warns(UserWarning, match="unreadable"):
         results = train(make_config(run_dir, *OVERRIDES[1:], "trainer.keep_checkpoints=3"))
     assert results == reference[1]
+
+
+@pytest.mark.parametrize(("last_step", "dropped"), [(40, "scaler"), (8, "window_loss")])
+def test_a_checkpoint_an_older_lifelong_wrote_is_refused_naming_what_it_lacks(tmp_path, last_step, dropped):
+    finished = tmp_path / "finished"
+    train(make_config(finished, *OVERRIDES[1:], "trainer.keep_checkpoints=100", "data.num_stages=2"))
+    run_dir = crashed_copy(finished, tmp_path / "run", last_step)  # 40: a stage's end; 8: mid-stage
+    path = checkpoint_dir(run_dir) / f"step_{last_step:08d}.pt"
+    state = torch.load(path, weights_only=True)
+    del state[dropped]
+    path.unlink()
+    save_checkpoint(run_dir, last_step, state, keep=100)
+    with pytest.raises(ValueError, match=f"lacks {dropped}: an older lifelong"):
+        train(make_config(run_dir, *OVERRIDES[1:], "trainer.keep_checkpoints=100", "data.num_stages=2"))
 
 
 def test_only_the_last_k_checkpoints_are_kept(tmp_path):
