@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import struct
+import time
+
 import pytest
+from google.protobuf.message import DecodeError
 
 from lifelong.track.jsonl import read_jsonl_metrics
-from lifelong.track.wandb_offline import read_offline_run
+from lifelong.track.wandb_offline import read_offline_run, records
 from lifelong.train import train
 from tests.conftest import make_config
 
@@ -14,11 +18,27 @@ def run_files(run_dir):
     return sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
 
+def finished_run(run_file, timeout: float = 60):
+    """`read_offline_run` once wandb's service has written the run's last (exit) record: `finish()`
+    can return before that process has flushed the file (read at once, a resumed run lacked its run
+    record once, under CI load)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            complete = records(run_file)[-1].WhichOneof("record_type") == "exit"
+        except (struct.error, ValueError, IndexError, DecodeError):  # still being written: a cut header or record
+            complete = False
+        if complete:
+            return read_offline_run(run_file)
+        assert time.monotonic() < deadline, f"{run_file} has no exit record {timeout} s after the run finished"
+        time.sleep(0.1)
+
+
 def test_offline_run_holds_per_layer_norms_and_a_resume_keeps_its_id(tmp_path):
     run_dir = tmp_path / "run"
     train(make_config(run_dir, "logger=wandb", "data.num_stages=2"))
     (first,) = run_files(run_dir)
-    run_id, history = read_offline_run(first)
+    run_id, history = finished_run(first)
     metrics = read_jsonl_metrics(run_dir / "metrics.jsonl")
     steps = [row for row in history if "loss" in row]
     assert [row["global_step"] for row in steps] == [r["global_step"] for r in metrics]
@@ -32,8 +52,8 @@ def test_offline_run_holds_per_layer_norms_and_a_resume_keeps_its_id(tmp_path):
     # relaunched with what a relaunch may change (RELAUNCH_MAY_CHANGE): the same wandb run
     train(make_config(run_dir, "logger=wandb", "data.num_stages=2", "logger.tags=[requeued]", "trainer.num_threads=2"))
     files = run_files(run_dir)
-    assert len(files) == 2 and read_offline_run(files[1])[0] == run_id
+    assert len(files) == 2 and finished_run(files[1])[0] == run_id
 
     other = tmp_path / "other"
     train(make_config(other, "logger=wandb", "data.num_stages=2", "seed=1"))
-    assert read_offline_run(run_files(other)[0])[0] != run_id
+    assert finished_run(run_files(other)[0])[0] != run_id
