@@ -55,6 +55,18 @@ def in_fresh_interpreter(function: Callable[..., Any], *args: Any) -> Any:
         return pool.apply(function, args)
 
 
+def rotated(names: list[str], repetition: int) -> list[str]:
+    """The arms' order in one repetition of an interleaved comparison: rotated each time, so no arm
+    always runs first (an arm that always ran first measured several percent slower here)."""
+    shift = repetition % len(names)
+    return names[shift:] + names[:shift]
+
+
+def quartiles(values: list[float]) -> list[float]:
+    """[first, third] quartile: the spread reported with a median of paired ratios."""
+    return statistics.quantiles(values, n=4)[::2]
+
+
 def save_result(name: str, result: dict) -> None:
     """Write results/<name>.json (with the commit measured) and print it."""
     result = {**result, "commit": code_version()}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import save_result
+from common import quartiles, rotated, save_result
 
 from lifelong.config import compose_train_config
 from lifelong.data.tokens import train_tokenizer
@@ -71,7 +71,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {name: [] for name in runs}
     values = {}
     for repeat in range(args.repeats):
-        for name in list(runs)[repeat % 2 :] + list(runs)[: repeat % 2]:
+        for name in rotated(list(runs), repeat):
             start = time.perf_counter()
             values[name] = runs[name]()
             rates[name].append(tokens / (time.perf_counter() - start))
@@ -86,7 +86,7 @@ def main() -> None:
         "tokens_per_s": median,
         "spread": {name: [min(r), max(r)] for name, r in rates.items()},
         "ratio_lifelong_vs_bare": statistics.median(ratios),
-        "ratio_quartiles": statistics.quantiles(ratios, n=4)[::2],
+        "ratio_quartiles": quartiles(ratios),
         "same_value": abs(values["lifelong"] - values["bare"]) < 1e-3 * values["bare"],
         "target": ">= 0.95",
     }

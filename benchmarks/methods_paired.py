@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
-from common import method_step, save_result, synchronize
+from common import method_step, quartiles, rotated, save_result, synchronize
 
 from lifelong.launch.host_memory import keep_freed_host_memory
 
@@ -45,8 +45,7 @@ def paired_rounds(prepared: dict[str, tuple[Callable[[], None], torch.device]], 
     names = list(prepared)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in rotated(names, round_index):
             step, device = prepared[name]
             synchronize(device)
             start = time.perf_counter()
@@ -60,7 +59,7 @@ def paired_rounds(prepared: dict[str, tuple[Callable[[], None], torch.device]], 
         "steps_per_round": steps,
         "step_time_s": {name: statistics.median(t) for name, t in times.items()},
         "ratio_vs_finetune": {name: statistics.median(r) for name, r in ratios.items()},
-        "ratio_quartiles": {name: statistics.quantiles(r, n=4)[::2] for name, r in ratios.items()},
+        "ratio_quartiles": {name: quartiles(r) for name, r in ratios.items()},
     }
 
 

@@ -28,7 +28,15 @@ import time
 from pathlib import Path
 
 import torch
-from common import in_fresh_interpreter, lifelong_step_times, save_result, steady_median, synchronize
+from common import (
+    in_fresh_interpreter,
+    lifelong_step_times,
+    quartiles,
+    rotated,
+    save_result,
+    steady_median,
+    synchronize,
+)
 
 from lifelong.config import Precision, compose_train_config
 from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
@@ -133,11 +141,10 @@ def compare(overrides: list[str], repeats: int) -> dict[str, list[float]]:
     """Steady median step time of the three, interleaved, `repeats` times, each run in a fresh
     interpreter (no arm inherits another's warm caches or allocator state)."""
     runs: dict[str, list[float]] = {"bare": [], "lifelong": [], "hf_trainer": []}
-    loops = list(runs)
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(repeats):
-            for loop in loops[repeat % 3 :] + loops[: repeat % 3]:
+            for loop in rotated(list(runs), repeat):
                 runs[loop].append(in_fresh_interpreter(measure, loop, overrides, f"{tmp}/{loop}_{repeat}", threads))
             print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1] * 1e3:.2f} ms" for k, v in runs.items()), flush=True)
     return runs
@@ -149,10 +156,6 @@ def summary(runs: dict[str, list[float]]) -> dict:
     median = {name: statistics.median(times) for name, times in runs.items()}
     ratios = {other: [a / b for a, b in zip(runs["lifelong"], runs[other], strict=True)]
               for other in ("bare", "hf_trainer")}
-
-    def quartiles(values: list[float]) -> list[float]:
-        q1, _, q3 = statistics.quantiles(values, n=4)
-        return [q1, q3]
 
     return {
         "step_time_s": median,

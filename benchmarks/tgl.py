@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import save_result
+from common import quartiles, rotated, save_result
 
 from lifelong.config import compose_train_config
 from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
@@ -93,10 +93,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     log_every = {"every_step": 1, "rarely": 10_000}
     times: dict[str, list[float]] = {name: [] for name in log_every}
-    names = list(log_every)
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            for name in names[repeat % 2 :] + names[: repeat % 2]:
+            for name in rotated(list(log_every), repeat):
                 times[name].append(stage_time(log_every[name], args.steps, Path(tmp)))
         trace_times = tracing_seconds(3, Path(tmp))
     median = {k: statistics.median(v) for k, v in times.items()}
@@ -108,7 +107,7 @@ def main() -> None:
         "step_time_s": median,
         "spread_s": {k: [min(v), max(v)] for k, v in times.items()},
         "ratio_log_every_step_vs_rarely": statistics.median(ratios),
-        "ratio_quartiles": statistics.quantiles(ratios, n=4)[::2],
+        "ratio_quartiles": quartiles(ratios),
         "target": "<= 1.03",
         # the stage's steps are the default run's: its step (logging rarely) times steps_per_stage
         "tracing": {"trace_s": trace_s, "trace_spread_s": [min(trace_times), max(trace_times)],
