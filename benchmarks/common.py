@@ -76,9 +76,8 @@ def save_result(name: str, result: dict) -> None:
 
 
 def lifelong_step_times(overrides: list[str], run_dir: Path, stage: int) -> list[float]:
-    """Mean step time of every logged window of `stage` (a window covers `log_every` steps, its
-    tokens/s is measured around the steps; the logging call itself, ~5 us a step on CPU, falls
-    between windows)."""
+    """Mean step time of every logged window of `stage` (a window covers `log_every` steps and
+    the previous window's logging call: windows tile the loop)."""
     cfg = compose_train_config(["trainer.progress=false", *overrides], run_dir=str(run_dir))
     train(cfg)
     tokens_per_step = cfg.trainer.micro_batch_size * cfg.trainer.grad_accum * cfg.data.seq_len

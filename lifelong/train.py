@@ -321,7 +321,9 @@ def train(cfg: TrainConfig) -> dict:
 
             if (step + 1) % tc.log_every == 0 or step + 1 == tc.steps_per_stage:
                 steps_in_window = (step % tc.log_every) + 1
-                elapsed = time.perf_counter() - window_start
+                # windows tile the loop: this logging call is timed in the next window, as a user pays it
+                now = time.perf_counter()
+                elapsed, window_start = now - window_start, now
                 record = {"stage": t, "step": step + 1, "global_step": t * tc.steps_per_stage + step + 1,
                           # the schedule's rate at this step (under tgl=adaptive_lr each group scales it)
                           "lr": tc.lr * scheduler.lr_lambdas[0](step),
@@ -330,7 +332,7 @@ def train(cfg: TrainConfig) -> dict:
                 values = torch.cat([(mean_across_ranks(window_loss) / steps_in_window).reshape(1),
                                     total_norm.reshape(1), layer_norms])
                 metrics.log(record, ["loss", "grad_norm", *(f"grad_norm/{n}" for n in norms.layers)], values)
-                window_start, window_loss = time.perf_counter(), torch.zeros((), device=device)
+                window_loss = torch.zeros((), device=device)
             preempted = (step + 1) % preemption_poll == 0 and any_rank(preemption.requested, device)
             if preempted or (tc.checkpoint_every and (step + 1) % tc.checkpoint_every == 0
                              and step + 1 < tc.steps_per_stage):
