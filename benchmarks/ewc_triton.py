@@ -28,14 +28,15 @@ BLOCK = 4096
 
 
 @triton.jit
-def _ewc_gradient(block_tensor, block_start, numels, grads, params, anchors, fishers, ewc_lambda,
+def _ewc_gradient(block_tensor, block_start, numels, grads, thetas, anchors, fishers, ewc_lambda,
                   BLOCK: tl.constexpr):
+    # not `params`: on a GPU Triton binds the arguments in a function with a local of that name
     program = tl.program_id(0)
     index = tl.load(block_tensor + program)
     offsets = tl.load(block_start + program) + tl.arange(0, BLOCK)
     inside = offsets < tl.load(numels + index)
     grad = tl.load(grads + index).to(tl.pointer_type(tl.float32))
-    param = tl.load(params + index).to(tl.pointer_type(tl.float32))
+    param = tl.load(thetas + index).to(tl.pointer_type(tl.float32))
     anchor = tl.load(anchors + index).to(tl.pointer_type(tl.float32))
     fisher = tl.load(fishers + index).to(tl.pointer_type(tl.float32))
     difference = tl.load(param + offsets, mask=inside) - tl.load(anchor + offsets, mask=inside)

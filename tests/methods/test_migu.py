@@ -152,6 +152,15 @@ def test_triton_sums_equal_eager_sums(interpreted_triton_sums):
         torch.testing.assert_close(sums, want, rtol=1e-5, atol=0)
 
 
+def test_triton_kernel_arguments_avoid_the_launchers_locals(interpreted_triton_sums):
+    """On a GPU Triton binds a kernel's arguments in a generated function whose locals include
+    `params`, `specialization` and `options`: an argument so named reaches the compiler as a dict
+    ("failed to specialize argument of type: dict", benchmarks/ewc_triton.py on an H200). The
+    interpreter never runs that function, so the test above cannot see it."""
+    kernel = importlib.import_module("lifelong.methods.migu_triton")._abs_column_sums
+    assert not {"params", "specialization", "options"} & set(kernel.arg_names)
+
+
 def step_with_sums(tokenizer, tmp_path, data, magnitudes) -> tuple[list[torch.Tensor], list[str]]:
     """A fresh model's MIGU step (stage 1) with `magnitudes` as its sums, as before_stage sets them
     on a GPU: its parameters after the step, and the warnings it gave."""
