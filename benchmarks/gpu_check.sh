@@ -2,10 +2,15 @@
 # The CUDA checks, for a machine with one GPU (CI has none), in one call that stops by a deadline:
 #   1. every method and TGL variant trains on the GPU with bf16 autocast, and fp16 with loss scaling
 #      (short two-stage runs, four at a time; ~1 min on an H200; RUNS=0 skips them);
-#   2. the candidates' paired rounds: benchmarks/migu_sums.py (~80 s on an H100) and
-#      benchmarks/ewc_variants.py (paper scale, ~2 min);
-#   3. benchmarks/gpu.py, one part at a time in $PARTS' order (on an H100: methods + paper scale
-#      ~3 min together, overhead ~5 min), while DEADLINE seconds (default 560) have not passed.
+#   2. MIGU's candidates at paper scale in paired rounds: benchmarks/migu_sums.py, gpt2_large 8x512,
+#      finetune, migu, migu_masks and migu_no_masks (~1.5 min); with EWC_VARIANTS=1 also
+#      benchmarks/ewc_variants.py (EWC met its target at 6e08f6d, so it is left out by default);
+#   3. torch.profiler over MIGU's step at paper scale (benchmarks/profile_step.py: how busy the GPU
+#      is, which kernels take its time; ~40 s; PROFILE=0 skips it);
+#   4. benchmarks/gpu.py, one part at a time in $PARTS' order, while DEADLINE seconds (default 560)
+#      have not passed. On an H200 at 6e08f6d: methods_paper_scale 2 min, methods 45 s, a pair of
+#      logging runs 35 s, throughput 35 s, one repetition of overhead ~70 s (OVERHEAD_REPEATS, 3).
+#      The default order puts first what was missed or stale there; a part cut off saves nothing.
 # BENCH=0 stops after 1. Figures land in OUT_DIR as they are made (a killed call keeps them).
 #   DEADLINE=560 bash benchmarks/gpu_check.sh [OUT_DIR]
 # Where this tree is a copy whose .git may be stale, name the commit: LIFELONG_CODE_VERSION=<hash>.
@@ -44,16 +49,26 @@ if [ "${RUNS:-1}" != 0 ]; then
 fi
 quiet() { grep -v -E "it/s|examples/s|^\{'"; }
 if [ "${BENCH:-1}" != 0 ]; then
-  echo "== migu_sums.py ($(left) s left)"
-  timeout "$(left)" python3 benchmarks/migu_sums.py 2>&1 | quiet || status=1
-  cp benchmarks/results/migu_sums_cuda.json "$out/" 2>/dev/null
-  echo "== ewc_variants.py ($(left) s left)"
-  timeout "$(left)" python3 benchmarks/ewc_variants.py 2>&1 | quiet || status=1
-  cp benchmarks/results/ewc_variants_cuda.json "$out/" 2>/dev/null
-  for part in ${PARTS:-methods methods_paper_scale logging throughput overhead}; do
+  echo "== migu_sums.py at paper scale ($(left) s left)"
+  timeout "$(left)" python3 benchmarks/migu_sums.py --model gpt2_large --micro-batch 8 --name migu_sums_cuda_paper \
+    --variants finetune,migu,migu_masks,migu_no_masks 2>&1 | quiet || status=1
+  cp benchmarks/results/migu_sums_cuda_paper.json "$out/" 2>/dev/null
+  if [ "${PROFILE:-1}" != 0 ]; then
+    echo "== profile_step.py, migu at paper scale ($(left) s left)"
+    timeout "$(left)" python3 benchmarks/profile_step.py --micro-batch 8 --steps 5 --top 20 method=migu trainer=gpu \
+      trainer.device=cuda model=gpt2_large data.seq_len=512 model.max_seq_len=512 2>&1 | tee "$out/profile_migu_paper.txt" \
+      || status=1
+  fi
+  if [ "${EWC_VARIANTS:-0}" = 1 ]; then
+    echo "== ewc_variants.py ($(left) s left)"
+    timeout "$(left)" python3 benchmarks/ewc_variants.py 2>&1 | quiet || status=1
+    cp benchmarks/results/ewc_variants_cuda.json "$out/" 2>/dev/null
+  fi
+  for part in ${PARTS:-methods_paper_scale overhead methods logging throughput}; do
     [ "$(left)" -gt 30 ] || { echo "== $part: not run, the deadline is near"; status=1; continue; }
     echo "== gpu.py $part ($(left) s left)"
-    timeout "$(left)" python3 benchmarks/gpu.py --parts "$part" 2>&1 | quiet || status=1
+    timeout "$(left)" python3 benchmarks/gpu.py --parts "$part" --overhead-repeats "${OVERHEAD_REPEATS:-3}" 2>&1 \
+      | quiet || status=1
     cp benchmarks/results/cuda_bf16.json "$out/"
   done
 fi

@@ -1,6 +1,8 @@
 """Where MIGU's extra step time goes: ways of summing |output| side by side, paired rounds.
 
     python benchmarks/migu_sums.py [--rounds 20] [--steps 10] [--micro-batch 16] [--device cuda]
+    python benchmarks/migu_sums.py --model gpt2_large --micro-batch 8 --variants finetune,migu,migu_masks,migu_no_masks
+        --name migu_sums_cuda_paper   (paper scale: one gpt2_large and its AdamW state per variant, ~12 GB each)
     python benchmarks/migu_sums.py --device cpu --micro-batch 1 --rounds 300   (MIGU's parts on a CPU)
 
 MIGU misses its target on the GPU and on a CPU at batch 1x128 (benchmarks/RESULTS.md); this
@@ -37,7 +39,7 @@ import lifelong.methods.migu as migu_module
 from lifelong.launch.host_memory import keep_freed_host_memory
 from lifelong.methods.migu import MIGU, output_magnitudes
 
-GPU = ["trainer=gpu", "trainer.device=cuda", "model=gpt2_100m", "data.seq_len=512", "model.max_seq_len=512"]
+GPU = ["trainer=gpu", "trainer.device=cuda", "data.seq_len=512", "model.max_seq_len=512"]
 
 
 def norm_output_magnitudes(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -74,18 +76,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--model", default="gpt2_100m", help="the GPU's model (a CPU runs the tiny preset)")
+    parser.add_argument("--variants", help="comma-separated, finetune first (default: all that run on the device)")
+    parser.add_argument("--name", help="results/<name>.json (default migu_sums_<device>)")
     args = parser.parse_args()
     if args.device == "cuda":
-        overrides, names = GPU, list(VARIANTS)
+        overrides, names = [*GPU, f"model={args.model}"], list(VARIANTS)
     else:
         torch.set_num_threads(1)  # as methods_paired.py
         keep_freed_host_memory()
         overrides, names = ["trainer.device=cpu"], CPU_VARIANTS
+    if args.variants:
+        chosen = args.variants.split(",")
+        if chosen[0] != "finetune" or any(name not in names for name in chosen):
+            parser.error(f"--variants: {args.variants}; allowed: finetune first, then any of {', '.join(names[1:])}")
+        names = chosen
     variants = {name: ([*overrides, f"method={'finetune' if name == 'finetune' else 'migu'}"], VARIANTS[name])
                 for name in names}
     measured = paired_variants(variants, args.micro_batch, args.rounds, args.steps)
     device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
-    save_result(f"migu_sums_{args.device}", {"device": device, "micro_batch": args.micro_batch, **measured})
+    model = args.model if args.device == "cuda" else "tiny_gpt2"
+    save_result(args.name or f"migu_sums_{args.device}",
+                {"device": device, "model": model, "micro_batch": args.micro_batch, **measured})
 
 
 if __name__ == "__main__":

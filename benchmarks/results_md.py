@@ -221,9 +221,10 @@ def rows() -> list[str]:
         else:
             out.append(row("3 GPU", "migu and ewc step / finetune step at paper scale (gpu.py methods_paper_scale)",
                            "not run"))
-        if sums := load("migu_sums_cuda"):
-            out.append(variant_row(sums, f"MIGU's ways of summing abs(output) and masking, gpt2_100m "
-                                         f"{sums['micro_batch']}x512 (migu_sums.py)"))
+        for name in ("migu_sums_cuda", "migu_sums_cuda_paper"):
+            if sums := load(name):
+                out.append(variant_row(sums, f"MIGU's ways of summing abs(output) and masking, {sums['model']} "
+                                             f"{sums['micro_batch']}x512 (migu_sums.py)"))
         if ewc := load("ewc_variants_cuda"):
             out.append(variant_row(ewc, f"EWC's gradient term, {ewc['model']} {ewc['micro_batch']}x512 "
                                         "(ewc_variants.py)"))
