@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3, help="10 x this many paired rounds per methods part")
     parser.add_argument("--overhead-repeats", type=int, default=5,
-                        help="runs of each loop (fresh interpreters) in the overhead part: 3 were too noisy on an H200")
+                        help="runs of each loop (fresh interpreters) in the overhead part: one run moves by several "
+                             "percent on an H200, so more settle the ratio (gpu_check.sh passes 3 to fit its deadline)")
     parser.add_argument("--logging-repeats", type=int, default=3,
                         help="pairs of runs in the logging part, the order rotated (at least 2)")
     parser.add_argument("--model", default="gpt2_100m")
