@@ -18,11 +18,11 @@ and runs `--steps` steps per round next to finetune's in a rotating order:
   migu_masks       as shipped, but the masks set by one Triton launch that writes only the masked
                    rows' zeros (migu_mask_triton.py; a candidate, not shipped)
   migu_no_masks    as shipped, but the gradients are never masked
-On a GPU the step is --model (gpt2_100m), --micro-batch x 512, bf16 as in gpu.py. On a CPU (one thread) the tiny
-preset, and only finetune, migu and the variants that leave a part out (the others change the
-GPU's code): what each part of MIGU costs there. Prints
-each variant's median step time and its median ratio to finetune's step, and saves them to
-benchmarks/results/migu_sums_<device>.json (a row of RESULTS.md).
+On a GPU the step is --model (gpt2_100m), --micro-batch x 512, bf16 as in gpu.py. On a CPU
+(one thread) the tiny preset, and only finetune, migu and the variants that leave a part out
+(the others change the GPU's code): what each part of MIGU costs there. Prints each variant's
+median step time and its median ratio to finetune's step, and saves them to
+benchmarks/results/<--name, default migu_sums_<device>>.json (a row of RESULTS.md).
 """
 
 from __future__ import annotations
