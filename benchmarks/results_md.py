@@ -34,10 +34,8 @@ def code_at(commit: str, path: str) -> str:
     return ast.dump(tree)
 
 
-def changed_since(commit: str | None, path: str) -> bool:
+def changed_since(commit: str, path: str) -> bool:
     """Whether `path`'s code differs between the commit a figure was measured at and HEAD."""
-    if not commit:
-        return True
     return code_at(commit.rstrip("+"), path) != code_at("HEAD", path)
 
 
@@ -68,7 +66,7 @@ def quartile_range(quartiles: list[float]) -> str:
 def overhead_rows(overhead: dict, batch: str, device: str = "") -> list[str]:
     t, s = overhead["step_time_s"], overhead["spread_s"]
     of_medians, quartiles = overhead["ratio_of_medians"], overhead.get("ratio_quartiles", {})
-    repeats = f", {overhead['repeats']} repeats" if "repeats" in overhead else ""
+    repeats = f", {overhead['repeats']} repeats"
 
     def paired(other: str) -> str:  # GPU figures measured before the quartiles were kept have none
         return f"quartiles {quartile_range(quartiles[other])}; " if other in quartiles else ""
@@ -92,11 +90,10 @@ def gpu_method_rows(methods: dict, setting: str) -> list[str]:
     out = []
     for name, target in methods["targets"].items():
         method_file = f"lifelong/methods/{name}.py"
-        stale = changed_since(methods.get("commit"), method_file)
-        ratio, quartiles = methods["ratio_vs_finetune"][name], methods.get("ratio_quartiles", {}).get(name)
-        spread_text = f" (quartiles {quartile_range(quartiles)})" if quartiles else ""
+        stale = changed_since(methods["commit"], method_file)
+        ratio, quartiles = methods["ratio_vs_finetune"][name], methods["ratio_quartiles"][name]
         out.append(row("3 GPU", f"{name} step / finetune step, {setting}, paired rounds (code at {methods['commit']})",
-                       f"{ratio:.3f}x{spread_text}"
+                       f"{ratio:.3f}x (quartiles {quartile_range(quartiles)})"
                        + (f" (measured before later changes to {method_file})" if stale else ""),
                        f"<= {target}", ratio <= target))
     return out
