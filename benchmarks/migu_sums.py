@@ -19,9 +19,9 @@ and runs `--steps` steps per round next to finetune's in a rotating order:
                    rows' zeros (migu_mask_triton.py; a candidate, not shipped)
   migu_no_masks    as shipped, but the gradients are never masked
 On a GPU the step is --model (gpt2_100m), --micro-batch x 512, bf16 as in gpu.py. On a CPU
-(one thread) the tiny preset, and only finetune, migu and the variants that leave a part out
-(the others change the GPU's code): what each part of MIGU costs there. Prints each variant's
-median step time and its median ratio to finetune's step, and saves them to
+(one thread) --model (tiny_gpt2), and only finetune, migu and the variants that leave a part
+out (the others change the GPU's code): what each part of MIGU costs there. Prints each
+variant's median step time and its median ratio to finetune's step, and saves them to
 benchmarks/results/<--name, default migu_sums_<device>>.json (a row of RESULTS.md).
 """
 
@@ -76,16 +76,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--model", default="gpt2_100m", help="the GPU's model (a CPU runs the tiny preset)")
+    parser.add_argument("--model", help="the model preset (default gpt2_100m on a GPU, tiny_gpt2 on a CPU)")
     parser.add_argument("--variants", help="comma-separated, finetune first (default: all that run on the device)")
     parser.add_argument("--name", help="results/<name>.json (default migu_sums_<device>)")
     args = parser.parse_args()
+    model = args.model or ("gpt2_100m" if args.device == "cuda" else "tiny_gpt2")
     if args.device == "cuda":
-        overrides, names = [*GPU, f"model={args.model}"], list(VARIANTS)
+        overrides, names = [*GPU, f"model={model}"], list(VARIANTS)
     else:
         torch.set_num_threads(1)  # as methods_paired.py
         keep_freed_host_memory()
-        overrides, names = ["trainer.device=cpu"], CPU_VARIANTS
+        overrides, names = ["trainer.device=cpu", f"model={model}"], CPU_VARIANTS
     if args.variants:
         chosen = args.variants.split(",")
         if chosen[0] != "finetune" or any(name not in names for name in chosen):
@@ -95,7 +96,6 @@ def main() -> None:
                 for name in names}
     measured = paired_variants(variants, args.micro_batch, args.rounds, args.steps)
     device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
-    model = args.model if args.device == "cuda" else "tiny_gpt2"
     save_result(args.name or f"migu_sums_{args.device}",
                 {"device": device, "model": model, "micro_batch": args.micro_batch, **measured})
 
