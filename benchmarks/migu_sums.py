@@ -1,8 +1,9 @@
 """Where MIGU's extra step time goes: ways of summing |output| side by side, paired rounds.
 
     python benchmarks/migu_sums.py [--rounds 20] [--steps 10] [--micro-batch 16] [--device cuda]
-    python benchmarks/migu_sums.py --model gpt2_large --micro-batch 8 --variants finetune,migu,migu_masks,migu_no_masks
-        --name migu_sums_cuda_paper   (paper scale: one gpt2_large and its AdamW state per variant, ~12 GB each)
+    python benchmarks/migu_sums.py --model gpt2_large --micro-batch 8 --name migu_sums_cuda_paper
+        --variants finetune,migu,migu_masks,migu_hook_sums,migu_hook_masks
+        (paper scale: one gpt2_large and its AdamW state per variant, ~12 GB each)
     python benchmarks/migu_sums.py --device cpu --micro-batch 1 --rounds 300   (MIGU's parts on a CPU)
 
 MIGU misses its target on the GPU and on a CPU at batch 1x128 (benchmarks/RESULTS.md); this
@@ -18,18 +19,25 @@ and runs `--steps` steps per round next to finetune's in a rotating order:
   migu_masks       as shipped, but the masks set by one Triton launch that writes only the masked
                    rows' zeros (migu_mask_triton.py; a candidate, not shipped)
   migu_no_masks    as shipped, but the gradients are never masked
+  migu_hook_sums   each layer's |output| summed in its own forward hook, right after it ran (on a
+                   GPU one Triton launch per layer): while the output may still be in the GPU's L2
+  migu_hook_masks  the thresholds at the end of the forward, and each weight's gradient masked in
+                   its post-accumulate-grad hook, right after the backward wrote it (may be in L2);
+                   right only for a step of one micro-batch in one process, as here
 On a GPU the step is --model (gpt2_100m), --micro-batch x 512, bf16 as in gpu.py. On a CPU
 (one thread) --model (tiny_gpt2), and only finetune, migu and the variants that leave a part
-out (the others change the GPU's code): what each part of MIGU costs there. Prints each
-variant's median step time and its median ratio to finetune's step, and saves them to
-benchmarks/results/<--name, default migu_sums_<device>>.json (a row of RESULTS.md).
+out or move it into hooks (the others change the GPU's code): what each part of MIGU costs
+there. Prints each variant's median step time and its median ratio to finetune's step, and
+saves them to benchmarks/results/<--name, default migu_sums_<device>>.json (a row of RESULTS.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Callable
+import functools
+import types
+from collections.abc import Callable, Iterator
 
 import torch
 from common import save_result
@@ -37,7 +45,8 @@ from methods_paired import paired_variants, patched
 
 import lifelong.methods.migu as migu_module
 from lifelong.launch.host_memory import keep_freed_host_memory
-from lifelong.methods.migu import MIGU, output_magnitudes
+from lifelong.methods.base import StageContext
+from lifelong.methods.migu import MIGU, output_magnitudes, row_thresholds
 
 GPU = ["trainer=gpu", "trainer.device=cuda", "data.seq_len=512", "model.max_seq_len=512"]
 
@@ -57,6 +66,46 @@ def no_sums(self: MIGU, module: torch.nn.Module, inputs: object, output: torch.T
         self.counted.add(module)
 
 
+def hook_sums(self: MIGU, module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
+    if module.training:
+        self.rows[module].add_(self.output_magnitudes([output.detach()])[0])
+        self.counted.add(module)
+
+
+def mask_in_place(weight: torch.Tensor, mask: torch.Tensor) -> None:
+    weight.grad.mul_(mask)
+
+
+@torch.no_grad()
+def thresholds_at_forward_end(self: MIGU, model: torch.nn.Module, inputs: object, output: object) -> None:
+    if model.training:  # after _forward_done (registered before), so the sums are whole
+        for sums, keep in self.by_width:
+            torch.ge(sums, row_thresholds(sums, self.mask_fraction), out=keep)
+
+
+def reset_sums(self: MIGU, model: torch.nn.Module) -> None:
+    if self.active:
+        self.sums.zero_()
+        self.counted = set()
+
+
+@contextlib.contextmanager
+def hook_masks() -> Iterator[None]:
+    """MIGU built inside this block masks in gradient hooks; its step boundary only resets the sums."""
+    before_stage = MIGU.before_stage
+
+    def before_stage_with_grad_hooks(self: MIGU, ctx: StageContext) -> None:
+        before_stage(self, ctx)
+        if self.active:
+            self.handles += [t.weight.register_post_accumulate_grad_hook(functools.partial(mask_in_place, mask=mask))
+                             for t, mask in zip(self.targets, self.row_masks, strict=True)]
+            self.handles.append(ctx.model.register_forward_hook(types.MethodType(thresholds_at_forward_end, self)))
+            self.transform_gradients = types.MethodType(reset_sums, self)
+
+    with patched(MIGU, "before_stage", before_stage_with_grad_hooks):
+        yield
+
+
 VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "finetune": contextlib.nullcontext,
     "migu": contextlib.nullcontext,
@@ -66,8 +115,10 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "migu_no_sums": lambda: patched(MIGU, "_accumulate", no_sums),
     "migu_masks": lambda: patched(migu_module, "mask_gradients", triton_mask_gradients),
     "migu_no_masks": lambda: patched(migu_module, "mask_gradients", lambda grads, masks: None),
+    "migu_hook_sums": lambda: patched(MIGU, "_accumulate", hook_sums),
+    "migu_hook_masks": hook_masks,
 }
-CPU_VARIANTS = ["finetune", "migu", "migu_no_sums", "migu_no_masks"]
+CPU_VARIANTS = ["finetune", "migu", "migu_no_sums", "migu_no_masks", "migu_hook_sums", "migu_hook_masks"]
 
 
 def main() -> None:

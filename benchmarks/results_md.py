@@ -151,8 +151,8 @@ def rows() -> list[str]:
                            f"{ratios[method]:.3f}x (quartiles {quartile_range(quartiles[method])})",
                            f"<= {target}", ratios[method] <= target))
     if parts := load("migu_sums_cpu"):
-        out.append(variant_row(parts, f"MIGU's parts left out one at a time, tiny preset {parts['micro_batch']}x128, "
-                                      "CPU 1 thread (migu_sums.py --device cpu)", "3"))
+        out.append(variant_row(parts, "MIGU's parts left out or moved into hooks, tiny preset "
+                                      f"{parts['micro_batch']}x128, CPU 1 thread (migu_sums.py --device cpu)", "3"))
     ops = load("op_counts")
     if ops:
         counts = ops["ops_per_step"]
