@@ -7,7 +7,8 @@
 #      their AdamW state, ~62 GB, so it fits an H100 too); with EWC_VARIANTS=1 also
 #      benchmarks/ewc_variants.py (EWC met its target at 6e08f6d, so it is left out by default);
 #   3. torch.profiler over MIGU's step at paper scale (benchmarks/profile_step.py: how busy the GPU
-#      is, which kernels take its time; ~40 s; PROFILE=0 skips it);
+#      is, which kernels take its time; ~40 s; PROFILE_METHODS="migu finetune" adds finetune's for
+#      comparison, PROFILE_METHODS= skips it);
 #   4. benchmarks/gpu.py, one part at a time in $PARTS' order, while DEADLINE seconds (default 560)
 #      have not passed. On an H200 at 6e08f6d: methods_paper_scale 2 min, methods 45 s, a pair of
 #      logging runs 35 s, throughput 35 s, one repetition of overhead ~70 s (OVERHEAD_REPEATS, 3).
@@ -54,12 +55,12 @@ if [ "${BENCH:-1}" != 0 ]; then
   timeout "$(left)" python3 benchmarks/migu_sums.py --model gpt2_large --micro-batch 8 --name migu_sums_cuda_paper \
     --variants finetune,migu,migu_masks,migu_hook_sums,migu_hook_masks 2>&1 | quiet || status=1
   cp benchmarks/results/migu_sums_cuda_paper.json "$out/" 2>/dev/null
-  if [ "${PROFILE:-1}" != 0 ]; then
-    echo "== profile_step.py, migu at paper scale ($(left) s left)"
-    timeout "$(left)" python3 benchmarks/profile_step.py --micro-batch 8 --steps 5 --top 20 method=migu trainer=gpu \
-      trainer.device=cuda model=gpt2_large data.seq_len=512 model.max_seq_len=512 2>&1 | tee "$out/profile_migu_paper.txt" \
-      || status=1
-  fi
+  for method in ${PROFILE_METHODS-migu}; do
+    echo "== profile_step.py, $method at paper scale ($(left) s left)"
+    timeout "$(left)" python3 benchmarks/profile_step.py --micro-batch 8 --steps 5 --top 20 method="$method" \
+      trainer=gpu trainer.device=cuda model=gpt2_large data.seq_len=512 model.max_seq_len=512 2>&1 \
+      | tee "$out/profile_${method}_paper.txt" || status=1
+  done
   if [ "${EWC_VARIANTS:-0}" = 1 ]; then
     echo "== ewc_variants.py ($(left) s left)"
     timeout "$(left)" python3 benchmarks/ewc_variants.py 2>&1 | quiet || status=1
