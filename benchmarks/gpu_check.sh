@@ -3,8 +3,9 @@
 #   1. every method and TGL variant trains on the GPU with bf16 autocast, and fp16 with loss scaling
 #      (short two-stage runs, four at a time; ~1 min on an H200; RUNS=0 skips them);
 #   2. MIGU's candidates at paper scale in paired rounds: benchmarks/migu_sums.py, gpt2_large 8x512,
-#      finetune, migu, migu_masks, migu_hook_sums and migu_hook_masks (~2 min; five gpt2_large with
-#      their AdamW state, ~62 GB, so it fits an H100 too); with EWC_VARIANTS=1 also
+#      finetune, migu, migu_masks, migu_hook_sums and migu_hook_masks (~2 min; five gpt2_large (710M
+#      params) with their AdamW state, 43 GB, plus one step's gradients and activations: it fits an
+#      H100 too); with EWC_VARIANTS=1 also
 #      benchmarks/ewc_variants.py (EWC met its target at 6e08f6d, so it is left out by default);
 #   3. torch.profiler over MIGU's step at paper scale (benchmarks/profile_step.py: how busy the GPU
 #      is, which kernels take its time; ~40 s; PROFILE_METHODS="migu finetune" adds finetune's for
