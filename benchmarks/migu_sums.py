@@ -48,6 +48,7 @@ from lifelong.launch.host_memory import keep_freed_host_memory
 from lifelong.methods.base import StageContext
 from lifelong.methods.migu import MIGU, output_magnitudes, row_thresholds
 
+ACCUMULATE = MIGU._accumulate  # as shipped: hook_sums calls it while MIGU._accumulate is patched
 GPU = ["trainer=gpu", "trainer.device=cuda", "data.seq_len=512", "model.max_seq_len=512"]
 
 
@@ -67,9 +68,9 @@ def no_sums(self: MIGU, module: torch.nn.Module, inputs: object, output: torch.T
 
 
 def hook_sums(self: MIGU, module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
-    if module.training:
-        self.rows[module].add_(self.output_magnitudes([output.detach()])[0])
-        self.counted.add(module)
+    """MIGU's own hook, then its own summing of what the hook holds: this one output."""
+    ACCUMULATE(self, module, inputs, output)
+    self._sum_pending()
 
 
 def mask_in_place(weight: torch.Tensor, mask: torch.Tensor) -> None:
