@@ -3,9 +3,10 @@
 #   1. every method and TGL variant trains on the GPU with bf16 autocast, and fp16 with loss scaling
 #      (short two-stage runs, four at a time; ~1 min on an H200; RUNS=0 skips them);
 #   2. MIGU's candidates at paper scale in paired rounds: benchmarks/migu_sums.py, gpt2_large 8x512,
-#      finetune, migu, migu_masks, migu_hook_sums and migu_hook_masks (~2 min; five gpt2_large (710M
-#      params) with their AdamW state, 43 GB, plus one step's gradients and activations: it fits an
-#      H100 too); with EWC_VARIANTS=1 also
+#      $MIGU_VARIANTS (default finetune, migu, migu_masks, migu_hook_masks and migu_kept_rows; ~2 min;
+#      five gpt2_large (710M params) with their AdamW state, 43 GB, plus one step's gradients and
+#      activations: it fits an H100 too; a sixth, migu_hook_sums say, adds 8.5 GB); with
+#      EWC_VARIANTS=1 also
 #      benchmarks/ewc_variants.py (EWC met its target at 6e08f6d, so it is left out by default);
 #   3. torch.profiler over MIGU's step at paper scale (benchmarks/profile_step.py: how busy the GPU
 #      is, which kernels take its time; ~40 s; PROFILE_METHODS="migu finetune" adds finetune's for
@@ -54,7 +55,7 @@ quiet() { grep -v -E "it/s|examples/s|^\{'"; }
 if [ "${BENCH:-1}" != 0 ]; then
   echo "== migu_sums.py at paper scale ($(left) s left)"
   timeout "$(left)" python3 benchmarks/migu_sums.py --model gpt2_large --micro-batch 8 --name migu_sums_cuda_paper \
-    --variants finetune,migu,migu_masks,migu_hook_sums,migu_hook_masks 2>&1 | quiet || status=1
+    --variants "${MIGU_VARIANTS:-finetune,migu,migu_masks,migu_hook_masks,migu_kept_rows}" 2>&1 | quiet || status=1
   cp benchmarks/results/migu_sums_cuda_paper.json "$out/" 2>/dev/null
   for method in ${PROFILE_METHODS-migu}; do
     echo "== profile_step.py, $method at paper scale ($(left) s left)"

@@ -2,7 +2,7 @@
 
     python benchmarks/migu_sums.py [--rounds 20] [--steps 10] [--micro-batch 16] [--device cuda]
     python benchmarks/migu_sums.py --model gpt2_large --micro-batch 8 --name migu_sums_cuda_paper
-        --variants finetune,migu,migu_masks,migu_hook_sums,migu_hook_masks,migu_kept_rows
+        --variants finetune,migu,migu_masks,migu_hook_masks,migu_kept_rows
         (paper scale: one gpt2_large, 710M params, and its AdamW state per variant, 8.5 GB each)
     python benchmarks/migu_sums.py --device cpu --micro-batch 1 --rounds 300   (MIGU's parts on a CPU)
     python benchmarks/migu_sums.py --device cpu --model gpt2_100m --micro-batch 1 --rounds 30 --steps 2

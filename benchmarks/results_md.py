@@ -150,9 +150,11 @@ def rows() -> list[str]:
                            f"({paired['rounds']} rounds)",
                            f"{ratios[method]:.3f}x (quartiles {quartile_range(quartiles[method])})",
                            f"<= {target}", ratios[method] <= target))
-    if parts := load("migu_sums_cpu"):
-        out.append(variant_row(parts, "MIGU's parts left out or moved into hooks, tiny preset "
-                                      f"{parts['micro_batch']}x128, CPU 1 thread (migu_sums.py --device cpu)", "3"))
+    for name in ("migu_sums_cpu", "migu_sums_cpu_100m"):
+        if parts := load(name):
+            out.append(variant_row(parts, f"MIGU's parts left out, moved into hooks or skipping the masked rows' "
+                                          f"gradients, {parts['model']} {parts['micro_batch']}x128, CPU 1 thread "
+                                          "(migu_sums.py --device cpu)", "3"))
     ops = load("op_counts")
     if ops:
         counts = ops["ops_per_step"]
