@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator
 import torch
 from common import method_step, quartiles, rotated, save_result, synchronize
 
-from lifelong.launch.host_memory import keep_freed_host_memory
+from lifelong.config import TrainerConfig
+from lifelong.train import apply_process_settings
 
 METHODS = ["finetune", "ewc", "migu"]  # the methods with a target; methods.py times all
 TARGETS = {"migu": 1.05, "ewc": 1.10}
@@ -108,8 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.stage < 1:
         parser.error(f"--stage: {args.stage}; allowed: an integer >= 1 (stage 0 is plain fine-tuning for every method)")
-    torch.set_num_threads(1)
-    keep_freed_host_memory()  # as the trainer does (trainer.keep_host_memory)
+    apply_process_settings(TrainerConfig(num_threads=1))  # as the trainer does, on one thread
     measured = paired_step_times([], METHODS, args.micro_batch, args.rounds, args.steps, args.stage)
     ratio = measured["ratio_vs_finetune"]
     result = {

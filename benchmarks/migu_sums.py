@@ -51,9 +51,10 @@ from common import save_result
 from methods_paired import paired_variants, patched
 
 import lifelong.methods.migu as migu_module
-from lifelong.launch.host_memory import keep_freed_host_memory
+from lifelong.config import TrainerConfig
 from lifelong.methods.base import StageContext
 from lifelong.methods.migu import MIGU, output_magnitudes, row_thresholds
+from lifelong.train import apply_process_settings
 
 ACCUMULATE = MIGU._accumulate  # as shipped: hook_sums calls it while MIGU._accumulate is patched
 GPU = ["trainer=gpu", "trainer.device=cuda", "data.seq_len=512", "model.max_seq_len=512"]
@@ -220,8 +221,7 @@ def main() -> None:
     if args.device == "cuda":
         overrides, names = [*GPU, f"model={model}"], list(VARIANTS)
     else:
-        torch.set_num_threads(1)  # as methods_paired.py
-        keep_freed_host_memory()
+        apply_process_settings(TrainerConfig(num_threads=1))  # as methods_paired.py
         overrides, names = ["trainer.device=cpu", f"model={model}"], CPU_VARIANTS
     if args.variants:
         chosen = args.variants.split(",")

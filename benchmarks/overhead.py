@@ -4,14 +4,15 @@
 
 Same model (the tiny GPT-2 preset), same packed blocks of the synthetic stream, same batch,
 fused AdamW (the HF Trainer's default optimizer too), warmup + cosine and clipping in all three,
-and the same process setting: glibc keeps freed host memory (trainer.keep_host_memory) in every
-arm, so the figures are what the framework itself adds. The three run interleaved, `--repeats`
-times, each run in a fresh interpreter, the order rotated each repetition (no arm always runs
-first). Each is timed the same way: the mean step time of each
-window of `log_every` steps (lifelong's own metrics.jsonl windows; stamps at the same boundaries
-in the bare loop and in a Trainer callback, whose windows hold their logging), the median over
-windows after the first (warm-up), then the median over repetitions; a ratio is the median of
-the repetitions' own ratios (see `summary`). Writes benchmarks/results/<name>.json.
+and the same process settings in every arm (lifelong.train.apply_process_settings: glibc keeps
+freed host memory, subnormal floats are zero), so the figures are what the framework itself
+adds. The three run interleaved, `--repeats` times, each run in a fresh interpreter, the order
+rotated each repetition (no arm always runs first). Each is timed the same way: the mean step
+time of each window of `log_every` steps (lifelong's own metrics.jsonl windows; stamps at the
+same boundaries in the bare loop and in a Trainer callback, whose windows hold their logging),
+the median over windows after the first (warm-up), then the median over repetitions; a ratio is
+the median of the repetitions' own ratios (see `summary`). Writes
+benchmarks/results/<name>.json.
 
 At the default batch (8x128) the model's own kernels are nearly all of a CPU step, so the three
 differ by little more than noise: one repetition's ratio moves by +-7% on this shared machine
@@ -40,16 +41,14 @@ from common import (
 
 from lifelong.config import Precision, compose_train_config
 from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
-from lifelong.launch.host_memory import keep_freed_host_memory
 from lifelong.models import build_model
 from lifelong.optim import build_optimizer, build_scheduler, default_param_groups
-from lifelong.train import AUTOCAST, resolve_device, seed_everything, stage_batches
+from lifelong.train import AUTOCAST, apply_process_settings, resolve_device, seed_everything, stage_batches
 
 
 def _setup(overrides: list[str]):
     cfg = compose_train_config(["data.num_stages=2", *overrides])
-    if cfg.trainer.keep_host_memory:  # as lifelong's train() does: the same allocator in every arm
-        keep_freed_host_memory()
+    apply_process_settings(cfg.trainer)  # as lifelong's train() does: the same process in every arm
     stream = cfg.data.build()
     tokenizer = train_tokenizer(stream.all_text(), cfg.data.vocab_size)
     blocks = pack(tokenizer, stream.stages[0].train, cfg.data.seq_len)

@@ -18,7 +18,8 @@ from common import method_step, synchronize
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from lifelong.launch.host_memory import keep_freed_host_memory
+from lifelong.config import TrainerConfig
+from lifelong.train import apply_process_settings
 
 
 def main() -> None:
@@ -28,7 +29,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the run's config")
     args = parser.parse_args()
-    keep_freed_host_memory()  # as the trainer does (trainer.keep_host_memory)
+    apply_process_settings(TrainerConfig())  # as the trainer does
     step, device = method_step(args.overrides, args.micro_batch)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     synchronize(device)

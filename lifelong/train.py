@@ -198,16 +198,24 @@ def checkpoint(run_dir: Path, env: DistEnv, tc: TrainerConfig, global_step: int,
         torch.distributed.barrier()
 
 
+def apply_process_settings(tc: TrainerConfig) -> None:
+    """The trainer's settings of the whole process: torch's threads, glibc's allocator, subnormal
+    floats as zero. A benchmark timing the trainer's step outside `train` applies them too."""
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    if tc.keep_host_memory:
+        keep_freed_host_memory()
+    if tc.flush_denormal:
+        torch.set_flush_denormal(True)
+
+
 def train(cfg: TrainConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     check_same_run(run_dir, cfg)
     if (run_dir / "results.json").exists():  # a re-launched sweep skips finished runs
         print(f"{run_dir} is complete (results.json); nothing to do", flush=True)
         return json.loads((run_dir / "results.json").read_text())
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
-    if cfg.trainer.keep_host_memory:
-        keep_freed_host_memory()
+    apply_process_settings(cfg.trainer)
     device = resolve_device(cfg.trainer.device)
     env = init_distributed(device.type)
     if env.world_size > 1 and device.type == "cuda":

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from lifelong.config import ConfigError
 from lifelong.data.stream import PROBE_SETS
@@ -50,6 +51,21 @@ def test_same_seed_same_losses_other_seed_other_losses(tmp_path):
     train(make_config(tmp_path / "c", "seed=4"))
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
     assert losses(tmp_path / "a") != losses(tmp_path / "c")
+
+
+def test_a_run_treats_subnormal_floats_as_zero_unless_told_not_to(tmp_path):
+    """AdamW's moments of weights whose gradient stays zero (MIGU's masked rows) decay into subnormal
+    floats, which the fused CPU AdamW steps through at half speed: a run's process flushes them."""
+    if not torch.set_flush_denormal(False):  # earlier runs in this process turned it on
+        pytest.skip("this CPU cannot flush subnormal floats")
+    subnormal = torch.tensor([1e-39])
+    try:
+        train(make_config(tmp_path / "kept", "trainer.flush_denormal=false"))
+        assert (subnormal * 1).item() != 0
+        train(make_config(tmp_path / "flushed"))
+        assert (subnormal * 1).item() == 0
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def test_llama_preset_with_accumulation_and_constant_schedule(tmp_path):
