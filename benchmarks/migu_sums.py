@@ -8,8 +8,8 @@
     python benchmarks/migu_sums.py --device cpu --model gpt2_100m --micro-batch 1 --rounds 30 --steps 2
         --variants finetune,migu,migu_kept_rows --name migu_sums_cpu_100m   (where matmuls dominate)
 
-MIGU misses its target on the GPU and on a CPU at batch 1x128 (benchmarks/RESULTS.md); this
-script tells its parts apart.
+MIGU misses its target on the GPU, and sits at it on a CPU at batch 1x128 (benchmarks/RESULTS.md);
+this script tells its parts apart.
 Every variant gets its own model and optimizer, prepared as for stage 1 (common.method_step),
 and runs `--steps` steps per round next to finetune's in a rotating order:
   migu             as shipped (on a GPU one Triton launch sums a forward's outputs, migu_triton.py)
