@@ -59,6 +59,13 @@ def spread(times: dict, name: str) -> str:
     return f"{low * 1e3:.1f}-{high * 1e3:.1f} ms"
 
 
+def ratio_text(ratio: float, target: float) -> str:
+    """The ratio to 3 decimals, or 4 where 3 would print the target itself (1.0504 as "1.050x"
+    next to "<= 1.05" and "no")."""
+    digits = 4 if f"{ratio:.3f}" == f"{target:.3f}" and ratio != target else 3
+    return f"{ratio:.{digits}f}x"
+
+
 def quartile_range(quartiles: list[float]) -> str:
     return f"{quartiles[0]:.3f}-{quartiles[1]:.3f}"
 
@@ -93,7 +100,7 @@ def gpu_method_rows(methods: dict, setting: str) -> list[str]:
         stale = changed_since(methods["commit"], method_file)
         ratio, quartiles = methods["ratio_vs_finetune"][name], methods["ratio_quartiles"][name]
         out.append(row("3 GPU", f"{name} step / finetune step, {setting}, paired rounds (code at {methods['commit']})",
-                       f"{ratio:.3f}x (quartiles {quartile_range(quartiles)})"
+                       f"{ratio_text(ratio, target)} (quartiles {quartile_range(quartiles)})"
                        + (f" (measured before later changes to {method_file})" if stale else ""),
                        f"<= {target}", ratio <= target))
     return out
@@ -148,7 +155,7 @@ def rows() -> list[str]:
         for method, target in paired["targets"].items():
             out.append(row("3", f"{method} step / finetune step, {batch}, paired rounds in one process "
                            f"({paired['rounds']} rounds)",
-                           f"{ratios[method]:.3f}x (quartiles {quartile_range(quartiles[method])})",
+                           f"{ratio_text(ratios[method], target)} (quartiles {quartile_range(quartiles[method])})",
                            f"<= {target}", ratios[method] <= target))
     for name in ("migu_sums_cpu", "migu_sums_cpu_100m"):
         if parts := load(name):
