@@ -32,8 +32,8 @@ and runs `--steps` steps per round next to finetune's in a rotating order:
                    unneeded; right only for a step of one micro-batch in one process, as here
 On a GPU the step is --model (gpt2_100m), --micro-batch x 512, bf16 as in gpu.py. On a CPU
 (one thread) --model (tiny_gpt2), and only finetune, migu and the variants that leave a part
-out or move it into hooks (the others change the GPU's code): what each part of MIGU costs
-there. Prints each variant's median step time and its median ratio to finetune's step, and
+out, move it into hooks or skip the masked rows' gradients (the others change the GPU's code):
+what each part of MIGU costs there. Prints each variant's median step time and its median ratio to finetune's step, and
 saves them to benchmarks/results/<--name, default migu_sums_<device>>.json (a row of RESULTS.md).
 """
 
@@ -140,7 +140,8 @@ def kept_rows_hook(self: MIGU, module: torch.nn.Module, inputs: tuple, output: t
 
 @torch.no_grad()
 def kept_rows_at_forward_end(self: MIGU, model: torch.nn.Module, inputs: object, output: object) -> None:
-    """Each layer's kept rows as indices, from the whole forward's sums (one host sync per width)."""
+    """Each layer's kept rows as indices, from the whole forward's sums (host syncs: one per width
+    and one for the counts)."""
     if not model.training:
         return
     thresholds_at_forward_end(self, model, inputs, output)
@@ -151,42 +152,43 @@ def kept_rows_at_forward_end(self: MIGU, model: torch.nn.Module, inputs: object,
 
 
 @contextlib.contextmanager
-def kept_rows() -> Iterator[None]:
-    """MIGU built inside this block computes only the kept rows' weight gradients (right only for a
-    step of one micro-batch in one process, as here); its step boundary only resets the sums."""
+def masked_before_step_end(prepare: Callable[[MIGU, StageContext], None]) -> Iterator[None]:
+    """MIGU built inside this block calls `prepare` after its own before_stage (where it is active)
+    to mask before the step ends; its step boundary then only resets the sums."""
     before_stage = MIGU.before_stage
 
-    def before_stage_kept_rows(self: MIGU, ctx: StageContext) -> None:
+    def before_stage_then_prepare(self: MIGU, ctx: StageContext) -> None:
         before_stage(self, ctx)
-        if not self.active:
-            return
-        weight_of = {t.source: t.weight for t in self.targets}
-        source_at = {self.rows[source].data_ptr(): source for source in self.rows}
-        self.weights_by_width = [weight_of[source_at[row.data_ptr()]] for sums, _ in self.by_width for row in sums]
-        self.rows_dims = {t.source: t.rows_dim for t in self.targets}
-        self.kept_rows = {}
-        self.handles += [t.source.register_forward_pre_hook(weight_out_of_graph) for t in self.targets]
-        self.handles.append(ctx.model.register_forward_hook(types.MethodType(kept_rows_at_forward_end, self)))
-        self.transform_gradients = types.MethodType(reset_sums, self)
+        if self.active:
+            prepare(self, ctx)
+            self.transform_gradients = types.MethodType(reset_sums, self)
 
-    with patched(MIGU, "before_stage", before_stage_kept_rows), patched(MIGU, "_accumulate", kept_rows_hook):
+    with patched(MIGU, "before_stage", before_stage_then_prepare):
         yield
 
 
+def prepare_kept_rows(self: MIGU, ctx: StageContext) -> None:
+    weight_of = {t.source: t.weight for t in self.targets}
+    # each source's rows are a view of MIGU's flat sums: by offset, they come in by_width's order
+    by_offset = sorted(self.rows, key=lambda source: self.rows[source].storage_offset())
+    self.weights_by_width = [weight_of[source] for source in by_offset]
+    self.rows_dims = {t.source: t.rows_dim for t in self.targets}
+    self.kept_rows = {}
+    self.handles += [t.source.register_forward_pre_hook(weight_out_of_graph) for t in self.targets]
+    self.handles.append(ctx.model.register_forward_hook(types.MethodType(kept_rows_at_forward_end, self)))
+
+
+def prepare_hook_masks(self: MIGU, ctx: StageContext) -> None:
+    self.handles += [t.weight.register_post_accumulate_grad_hook(functools.partial(mask_in_place, mask=mask))
+                     for t, mask in zip(self.targets, self.row_masks, strict=True)]
+    self.handles.append(ctx.model.register_forward_hook(types.MethodType(thresholds_at_forward_end, self)))
+
+
 @contextlib.contextmanager
-def hook_masks() -> Iterator[None]:
-    """MIGU built inside this block masks in gradient hooks; its step boundary only resets the sums."""
-    before_stage = MIGU.before_stage
-
-    def before_stage_with_grad_hooks(self: MIGU, ctx: StageContext) -> None:
-        before_stage(self, ctx)
-        if self.active:
-            self.handles += [t.weight.register_post_accumulate_grad_hook(functools.partial(mask_in_place, mask=mask))
-                             for t, mask in zip(self.targets, self.row_masks, strict=True)]
-            self.handles.append(ctx.model.register_forward_hook(types.MethodType(thresholds_at_forward_end, self)))
-            self.transform_gradients = types.MethodType(reset_sums, self)
-
-    with patched(MIGU, "before_stage", before_stage_with_grad_hooks):
+def kept_rows() -> Iterator[None]:
+    """MIGU computing only the kept rows' weight gradients (right only for a step of one
+    micro-batch in one process, as here)."""
+    with masked_before_step_end(prepare_kept_rows), patched(MIGU, "_accumulate", kept_rows_hook):
         yield
 
 
@@ -200,7 +202,7 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "migu_masks": lambda: patched(migu_module, "mask_gradients", triton_mask_gradients),
     "migu_no_masks": lambda: patched(migu_module, "mask_gradients", lambda grads, masks: None),
     "migu_hook_sums": lambda: patched(MIGU, "_accumulate", hook_sums),
-    "migu_hook_masks": hook_masks,
+    "migu_hook_masks": lambda: masked_before_step_end(prepare_hook_masks),
     "migu_kept_rows": kept_rows,
 }
 CPU_VARIANTS = ["finetune", "migu", "migu_no_sums", "migu_no_masks", "migu_hook_sums", "migu_hook_masks",
