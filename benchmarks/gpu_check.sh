@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The CUDA checks, for a machine with one GPU (CI has none), in one call that stops by a deadline:
 #   1. every method and TGL variant trains on the GPU with bf16 autocast, and fp16 with loss scaling
-#      (short two-stage runs, four at a time; ~1 min on an H200; RUNS=0 skips them);
+#      (short two-stage runs, four at a time, MIGU also with method.skip_masked_rows; ~1 min on an
+#      H200; RUNS=0 skips them);
 #   2. MIGU's candidates at paper scale in paired rounds: benchmarks/migu_sums.py, gpt2_large 8x512,
-#      $MIGU_VARIANTS (default finetune, migu, migu_masks, migu_hook_masks and migu_kept_rows; ~2 min;
+#      $MIGU_VARIANTS (default finetune, migu, migu_masks, migu_hook_masks and migu_skip_masked_rows; ~2 min;
 #      five gpt2_large (710M params) with their AdamW state, 43 GB, plus one step's gradients and
 #      activations: it fits an H100 too; a sixth, migu_hook_sums say, adds 8.5 GB); with
 #      EWC_VARIANTS=1 also
@@ -46,6 +47,7 @@ if [ "${RUNS:-1}" != 0 ]; then
   {
     for method in finetune replay ewc lora migu lora_migu joint; do echo "$method method=$method"; done
     for tgl in freeze adaptive_lr; do echo "migu_$tgl method=migu tgl=$tgl"; done
+    echo "migu_skip method=migu method.skip_masked_rows=true trainer.grad_accum=2"
     echo "fp16 trainer.precision=fp16"
     echo "llama model=tiny_llama method=lora tgl=freeze"
   } | xargs -P 4 -L 1 bash -c 'run "$@"' _ || status=1
@@ -55,7 +57,7 @@ quiet() { grep -v -E "it/s|examples/s|^\{'"; }
 if [ "${BENCH:-1}" != 0 ]; then
   echo "== migu_sums.py at paper scale ($(left) s left)"
   timeout "$(left)" python3 benchmarks/migu_sums.py --model gpt2_large --micro-batch 8 --name migu_sums_cuda_paper \
-    --variants "${MIGU_VARIANTS:-finetune,migu,migu_masks,migu_hook_masks,migu_kept_rows}" 2>&1 | quiet || status=1
+    --variants "${MIGU_VARIANTS:-finetune,migu,migu_masks,migu_hook_masks,migu_skip_masked_rows}" 2>&1 | quiet || status=1
   cp benchmarks/results/migu_sums_cuda_paper.json "$out/" 2>/dev/null
   for method in ${PROFILE_METHODS-migu}; do
     echo "== profile_step.py, $method at paper scale ($(left) s left)"

@@ -2,11 +2,11 @@
 
     python benchmarks/migu_sums.py [--rounds 20] [--steps 10] [--micro-batch 16] [--device cuda]
     python benchmarks/migu_sums.py --model gpt2_large --micro-batch 8 --name migu_sums_cuda_paper
-        --variants finetune,migu,migu_masks,migu_hook_masks,migu_kept_rows
+        --variants finetune,migu,migu_masks,migu_hook_masks,migu_skip_masked_rows
         (paper scale: one gpt2_large, 710M params, and its AdamW state per variant, 8.5 GB each)
     python benchmarks/migu_sums.py --device cpu --micro-batch 1 --rounds 300   (MIGU's parts on a CPU)
     python benchmarks/migu_sums.py --device cpu --model gpt2_100m --micro-batch 1 --rounds 30 --steps 2
-        --variants finetune,migu,migu_kept_rows --name migu_sums_cpu_100m   (where matmuls dominate)
+        --variants finetune,migu,migu_skip_masked_rows --name migu_sums_cpu_100m   (where matmuls dominate)
 
 MIGU misses its target on the GPU, and sits at it on a CPU at batch 1x128 (benchmarks/RESULTS.md);
 this script tells its parts apart.
@@ -26,10 +26,10 @@ and runs `--steps` steps per round next to finetune's in a rotating order:
   migu_hook_masks  the thresholds at the end of the forward, and each weight's gradient masked in
                    its post-accumulate-grad hook, right after the backward wrote it (may be in L2);
                    right only for a step of one micro-batch in one process, as here
-  migu_kept_rows   the thresholds at the end of the forward, and each weight's gradient computed
+  migu_skip_masked_rows  MIGU with method.skip_masked_rows=true (lifelong/methods/migu_kept_rows.py):
+                   the thresholds at the end of the forward, and each weight's gradient computed
                    for its kept rows only (a gradient matmul of 1 - T of the rows; the masked rows
-                   are zeros, never computed): MIGU's masks make a share of the step's work
-                   unneeded; right only for a step of one micro-batch in one process, as here
+                   are zeros, never computed): MIGU's masks make a share of the step's work unneeded
 On a GPU the step is --model (gpt2_100m), --micro-batch x 512, bf16 as in gpu.py. On a CPU
 (one thread) --model (tiny_gpt2), and only finetune, migu and the variants that leave a part
 out, move it into hooks or skip the masked rows' gradients (the others change the GPU's code):
@@ -44,7 +44,6 @@ import contextlib
 import functools
 import types
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 from common import save_result
@@ -98,59 +97,6 @@ def reset_sums(self: MIGU, model: torch.nn.Module) -> None:
         self.counted = set()
 
 
-class KeptRowsWeightGrad(torch.autograd.Function):
-    """The identity on a layer's output, whose backward adds the layer's weight gradient for the
-    rows MIGU keeps only: the masked rows' share of the weight-gradient matmul is never computed.
-    The layer's own backward gives the input and bias gradients; its weight took no part in it."""
-
-    @staticmethod
-    def forward(ctx: Any, output: torch.Tensor, inputs: torch.Tensor, weight: torch.nn.Parameter,
-                kept_rows: dict[torch.nn.Parameter, torch.Tensor], rows_dim: int) -> torch.Tensor:
-        ctx.save_for_backward(inputs)
-        ctx.kept_rows, ctx.rows_dim, ctx.weight = kept_rows, rows_dim, weight
-        return output.view_as(output)
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (inputs,) = ctx.saved_tensors
-        weight, kept = ctx.weight, ctx.kept_rows[ctx.weight]  # set when the forward ended
-        grad = grad_output.reshape(-1, grad_output.shape[-1])[:, kept]
-        x = inputs.reshape(-1, inputs.shape[-1]).to(grad.dtype)  # under autocast, as the layer's matmul
-        grad_weight = torch.zeros_like(weight)
-        if ctx.rows_dim == 0:
-            grad_weight.index_copy_(0, kept, (grad.t() @ x).to(weight.dtype))
-        else:
-            grad_weight.index_copy_(1, kept, (x.t() @ grad).to(weight.dtype))
-        return grad_output, None, grad_weight, None, None
-
-
-def weight_out_of_graph(module: torch.nn.Module, inputs: object) -> None:
-    if module.training:
-        module.weight.requires_grad_(False)
-
-
-def kept_rows_hook(self: MIGU, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-    """MIGU's own hook; then the weight back in the graph through KeptRowsWeightGrad."""
-    ACCUMULATE(self, module, inputs, output)
-    if not module.training:
-        return None
-    module.weight.requires_grad_(True)
-    return KeptRowsWeightGrad.apply(output, inputs[0], module.weight, self.kept_rows, self.rows_dims[module])
-
-
-@torch.no_grad()
-def kept_rows_at_forward_end(self: MIGU, model: torch.nn.Module, inputs: object, output: object) -> None:
-    """Each layer's kept rows as indices, from the whole forward's sums (host syncs: one per width
-    and one for the counts)."""
-    if not model.training:
-        return
-    thresholds_at_forward_end(self, model, inputs, output)
-    keeps = [keep for _, keep in self.by_width]
-    counts = torch.cat([keep.sum(1) for keep in keeps]).long().tolist()
-    columns = torch.cat([keep.nonzero()[:, 1] for keep in keeps]).split(counts)
-    self.kept_rows.update(zip(self.weights_by_width, columns, strict=True))
-
-
 @contextlib.contextmanager
 def masked_before_step_end(prepare: Callable[[MIGU, StageContext], None]) -> Iterator[None]:
     """MIGU built inside this block calls `prepare` after its own before_stage (where it is active)
@@ -167,29 +113,10 @@ def masked_before_step_end(prepare: Callable[[MIGU, StageContext], None]) -> Ite
         yield
 
 
-def prepare_kept_rows(self: MIGU, ctx: StageContext) -> None:
-    weight_of = {t.source: t.weight for t in self.targets}
-    # each source's rows are a view of MIGU's flat sums: by offset, they come in by_width's order
-    by_offset = sorted(self.rows, key=lambda source: self.rows[source].storage_offset())
-    self.weights_by_width = [weight_of[source] for source in by_offset]
-    self.rows_dims = {t.source: t.rows_dim for t in self.targets}
-    self.kept_rows = {}
-    self.handles += [t.source.register_forward_pre_hook(weight_out_of_graph) for t in self.targets]
-    self.handles.append(ctx.model.register_forward_hook(types.MethodType(kept_rows_at_forward_end, self)))
-
-
 def prepare_hook_masks(self: MIGU, ctx: StageContext) -> None:
     self.handles += [t.weight.register_post_accumulate_grad_hook(functools.partial(mask_in_place, mask=mask))
                      for t, mask in zip(self.targets, self.row_masks, strict=True)]
     self.handles.append(ctx.model.register_forward_hook(types.MethodType(thresholds_at_forward_end, self)))
-
-
-@contextlib.contextmanager
-def kept_rows() -> Iterator[None]:
-    """MIGU computing only the kept rows' weight gradients (right only for a step of one
-    micro-batch in one process, as here)."""
-    with masked_before_step_end(prepare_kept_rows), patched(MIGU, "_accumulate", kept_rows_hook):
-        yield
 
 
 VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
@@ -203,10 +130,11 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "migu_no_masks": lambda: patched(migu_module, "mask_gradients", lambda grads, masks: None),
     "migu_hook_sums": lambda: patched(MIGU, "_accumulate", hook_sums),
     "migu_hook_masks": lambda: masked_before_step_end(prepare_hook_masks),
-    "migu_kept_rows": kept_rows,
+    "migu_skip_masked_rows": contextlib.nullcontext,
 }
+OVERRIDES = {"migu_skip_masked_rows": ["method.skip_masked_rows=true"]}  # the variants that are MIGU's options
 CPU_VARIANTS = ["finetune", "migu", "migu_no_sums", "migu_no_masks", "migu_hook_sums", "migu_hook_masks",
-                "migu_kept_rows"]
+                "migu_skip_masked_rows"]
 
 
 def main() -> None:
@@ -230,8 +158,8 @@ def main() -> None:
         if chosen[0] != "finetune" or any(name not in names for name in chosen):
             parser.error(f"--variants: {args.variants}; allowed: finetune first, then any of {', '.join(names[1:])}")
         names = chosen
-    variants = {name: ([*overrides, f"method={'finetune' if name == 'finetune' else 'migu'}"], VARIANTS[name])
-                for name in names}
+    variants = {name: ([*overrides, f"method={'finetune' if name == 'finetune' else 'migu'}", *OVERRIDES.get(name, [])],
+                       VARIANTS[name]) for name in names}
     measured = paired_variants(variants, args.micro_batch, args.rounds, args.steps)
     device = torch.cuda.get_device_name() if args.device == "cuda" else args.device
     save_result(args.name or f"migu_sums_{args.device}",

@@ -13,7 +13,7 @@ python methods_paired.py --micro-batch 1 --rounds 300 --name methods_paired_mb1
 python methods_paired.py --micro-batch 1 --rounds 300 --stage 3 --name methods_paired_mb1_stage3
 python migu_sums.py --device cpu --micro-batch 1 --rounds 300
 python migu_sums.py --device cpu --model gpt2_100m --micro-batch 1 --rounds 30 --steps 2 \
-  --variants finetune,migu,migu_kept_rows --name migu_sums_cpu_100m
+  --variants finetune,migu,migu_skip_masked_rows --name migu_sums_cpu_100m
 python op_counts.py
 python tgl.py
 python eval_throughput.py

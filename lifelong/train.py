@@ -277,7 +277,7 @@ def train(cfg: TrainConfig) -> dict:
         if resume is not None and t == first_stage and not resuming_mid_stage:
             set_rng_state(resume["rng"])
         ctx = StageContext(t, stream, stage_blocks[: t + 1], model, tokenizer, device, run_dir,
-                           tc.micro_batch_size, logger, env.is_main)
+                           tc.micro_batch_size, logger, env.is_main, tc.grad_accum)
         for hook in hooks:
             hook.before_stage(ctx)
         blocks = hooks[0].stage_data(ctx)

@@ -31,6 +31,7 @@ class StageContext:
     micro_batch_size: int
     logger: Any  # lifelong.track logger: log(record), log_image(key, path, step)
     is_main: bool = True  # rank 0: the one process that writes files
+    grad_accum: int = 1  # micro-batches per optimizer step
 
 
 class Method:

@@ -10,6 +10,10 @@ stage is plain fine-tuning. Hooks only count in training mode, so evaluation lea
 alone. With LoRA (`method=lora_migu`) A's rows are masked by the magnitude of x A and B's rows
 by the layer's full output.
 
+With `skip_masked_rows` the step's last micro-batch computes each weight's gradient for its kept
+rows only (migu_kept_rows.py): its masks are set as its forward ends, and a step of one
+micro-batch then needs no masking at the boundary.
+
 Linear layers that share their weight with an embedding (GPT-2's tied LM head) are left out:
 masking vocabulary rows there would also mask the input embeddings.
 
@@ -38,6 +42,7 @@ from transformers.pytorch_utils import Conv1D
 
 from lifelong.config import register, require
 from lifelong.methods.base import Method, StageContext
+from lifelong.methods.migu_kept_rows import KeptRowsForward, kept_row_indices
 
 
 @dataclass
@@ -104,6 +109,7 @@ def linear_targets(model: nn.Module) -> list[Target]:
 class MIGU(Method):
     def __init__(self, cfg: MIGUConfig):
         self.mask_fraction = cfg.mask_fraction
+        self.skip_masked_rows = cfg.skip_masked_rows
         self.active = False
         self.targets: list[Target] = []
         self.handles: list[Any] = []
@@ -113,6 +119,12 @@ class MIGU(Method):
         self.rows: dict[nn.Module, torch.Tensor] = {}  # source -> its view of `sums`
         self.by_width: list[tuple[torch.Tensor, torch.Tensor]] = []  # [layers, width] views of sums, keep
         self.row_masks: list[torch.Tensor] = []  # per target, its view of the keep flags
+        self.keep = torch.ones(0)  # the keep flags of every source's rows, laid out as `sums`
+        self.grad_accum = 1  # micro-batches per step
+        self.forwards = 0  # training forwards since the last step boundary
+        self.masked_in_forward = False  # skip_masked_rows: this step's masks were set as its last forward ended
+        self.kept: dict[nn.Module, torch.Tensor] = {}  # skip_masked_rows: source -> its kept rows' indices
+        self.bounds = torch.zeros(0, dtype=torch.long)  # skip_masked_rows: where each source's rows start in `sums`
         self.output_magnitudes = output_magnitudes
         self.mask_gradients = mask_gradients
 
@@ -124,6 +136,7 @@ class MIGU(Method):
         for handle in self.handles:
             handle.remove()
         self.handles, self.counted, self.pending = [], set(), {}
+        self.grad_accum, self.forwards, self.masked_in_forward = ctx.grad_accum, 0, False
         if not self.active:
             return
         # targets are found again each stage: TGL freeze may have changed what is trainable
@@ -132,7 +145,7 @@ class MIGU(Method):
         sources = sorted(width, key=width.__getitem__)  # stable: model order within a width
         device = self.targets[0].weight.device if self.targets else torch.device("cpu")
         self.sums = torch.zeros(sum(width.values()), device=device)
-        keep = torch.ones(len(self.sums), device=device)
+        self.keep = keep = torch.ones(len(self.sums), device=device)
         keep_rows, self.rows, self.by_width, start = {}, {}, [], 0
         for layer_width, group in itertools.groupby(sources, key=width.__getitem__):
             group = list(group)
@@ -150,6 +163,14 @@ class MIGU(Method):
         for source in sources:
             self.handles.append(source.register_forward_hook(self._accumulate))
         self.handles.append(ctx.model.register_forward_hook(self._forward_done))
+        if self.skip_masked_rows:
+            self.bounds = torch.tensor([0, *itertools.accumulate(width[s] for s in self.rows)], device=device)
+            self.handles += [KeptRowsForward(t.source, t.weight, t.rows_dim, self._last_micro_batch,
+                                             lambda source=t.source: self.kept[source]) for t in self.targets]
+
+    def _last_micro_batch(self) -> bool:
+        """Whether the training forward under way is the step's last (skip_masked_rows engages)."""
+        return self.forwards == self.grad_accum - 1
 
     def _accumulate(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         if not module.training:
@@ -161,6 +182,17 @@ class MIGU(Method):
 
     def _forward_done(self, model: nn.Module, inputs: Any, output: Any) -> None:
         self._sum_pending()
+        if not model.training:
+            return
+        if self.skip_masked_rows:
+            if self.masked_in_forward:
+                raise RuntimeError(f"MIGU: method.skip_masked_rows: more training forwards in one step than "
+                                   f"trainer.grad_accum ({self.grad_accum}); the masks were set after the last")
+            if self._last_micro_batch():  # its backward needs the masks: the step's sums are complete
+                self._set_masks()
+                self.kept = dict(zip(self.rows, kept_row_indices(self.keep, self.bounds), strict=True))
+                self.masked_in_forward = True
+        self.forwards += 1
 
     @torch.no_grad()
     def _sum_pending(self) -> None:
@@ -189,20 +221,25 @@ class MIGU(Method):
         if not self.active:
             return
         self._sum_pending()
-        if not self.counted:
-            return
+        if self.counted:
+            if not self.masked_in_forward:
+                self._set_masks()
+            # only sources that ran a forward in this step hold this step's sums; a step of one
+            # micro-batch with skip_masked_rows has computed no masked row's gradient
+            pairs = [(t.weight.grad, mask) for t, mask in zip(self.targets, self.row_masks, strict=True)
+                     if t.weight.grad is not None and t.source in self.counted]
+            if pairs and not (self.masked_in_forward and self.forwards == 1):
+                grads, masks = zip(*pairs, strict=True)
+                self.mask_gradients(list(grads), list(masks))
+            self.sums.zero_()
+        self.counted, self.forwards, self.masked_in_forward = set(), 0, False
+
+    def _set_masks(self) -> None:
+        """Each row's keep flag from the step's sums, averaged across ranks."""
         if dist.is_available() and dist.is_initialized():  # one collective for all layers
             dist.all_reduce(self.sums, op=dist.ReduceOp.AVG)
         for sums, keep in self.by_width:
             torch.ge(sums, row_thresholds(sums, self.mask_fraction), out=keep)
-        # only sources that ran a forward in this step hold this step's sums
-        pairs = [(t.weight.grad, mask) for t, mask in zip(self.targets, self.row_masks, strict=True)
-                 if t.weight.grad is not None and t.source in self.counted]
-        if pairs:
-            grads, masks = zip(*pairs, strict=True)
-            self.mask_gradients(list(grads), list(masks))
-        self.sums.zero_()
-        self.counted = set()
 
     def state_dict(self) -> dict[str, Any]:
         # sums are reset at every step boundary, where checkpoints are taken
@@ -216,6 +253,9 @@ class MIGU(Method):
 class MIGUConfig:
     name: str = "migu"
     mask_fraction: float = 0.5  # T: share of each layer's rows masked (the paper's scripts use 0.7)
+    # compute the weight gradients of kept rows only in a step's last micro-batch (migu_kept_rows.py):
+    # the same training, less matmul work, more small ops; pays where matmuls dominate the step
+    skip_masked_rows: bool = False
 
     def __post_init__(self) -> None:
         require(0 < self.mask_fraction < 1, "method.mask_fraction", self.mask_fraction, "a float in (0, 1)")

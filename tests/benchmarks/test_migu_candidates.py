@@ -11,7 +11,7 @@ import torch
 
 from tests.conftest import REPO
 
-SAME_AS_MIGU = ["migu_hook_sums", "migu_hook_masks", "migu_kept_rows"]
+SAME_AS_MIGU = ["migu_hook_sums", "migu_hook_masks", "migu_skip_masked_rows"]
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def test_candidates_train_exactly_as_migu(benchmarks, monkeypatch, precision):
     trained = {}
     for name in ["migu", *SAME_AS_MIGU, "migu_no_masks"]:
         with migu_sums.VARIANTS[name]():
-            step, _ = common.method_step(overrides, micro_batch=2)
+            step, _ = common.method_step([*overrides, *migu_sums.OVERRIDES.get(name, [])], micro_batch=2)
         step()
         trained[name] = [param.detach().clone() for param in built[-1].parameters()]
         assert all(param.requires_grad for param in built[-1].parameters()), name

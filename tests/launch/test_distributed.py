@@ -32,10 +32,12 @@ def torchrun(port: int) -> list[str]:
             "-m", "lifelong.train"]
 
 
-# MIGU averages its output sums across ranks, so its masks, too, are those of one process; EWC
-# averages its Fisher; TGL traces the same probes on every rank, so all ranks freeze the same layers
-@pytest.mark.parametrize(("method", "port"), [(["method=finetune"], 29517), (["method=migu"], 29521),
-                                              (["method=ewc", "tgl=freeze"], 29525), (["method=lora_migu"], 29529)])
+# MIGU averages its output sums across ranks, so its masks, too, are those of one process (with
+# skip_masked_rows as the last micro-batch's forward ends); EWC averages its Fisher; TGL traces the
+# same probes on every rank, so all ranks freeze the same layers
+@pytest.mark.parametrize(("method", "port"), [
+    (["method=finetune"], 29517), (["method=migu"], 29521), (["method=ewc", "tgl=freeze"], 29525),
+    (["method=lora_migu"], 29529), (["method=migu", "method.skip_masked_rows=true", "trainer.grad_accum=2"], 29533)])
 def test_torchrun_two_ranks_match_one_process(tmp_path, method, port):
     single = run(tmp_path / "single", [sys.executable, "-m", "lifelong.train"], ["trainer.micro_batch_size=4", *method])
     double = run(tmp_path / "ddp", torchrun(port), ["trainer.micro_batch_size=2", *method])

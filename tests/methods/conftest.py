@@ -26,5 +26,6 @@ def blocks(vocab: int, rows: int, seed: int, seq_len: int = 16) -> torch.Tensor:
     return torch.randint(0, vocab, (rows, seq_len), generator=torch.Generator().manual_seed(seed))
 
 
-def context(index: int, stage_blocks: list[torch.Tensor], model, tmp_path) -> StageContext:
-    return StageContext(index, None, stage_blocks, model, None, torch.device("cpu"), tmp_path, 4, None)
+def context(index: int, stage_blocks: list[torch.Tensor], model, tmp_path, grad_accum: int = 1) -> StageContext:
+    return StageContext(index, None, stage_blocks, model, None, torch.device("cpu"), tmp_path, 4, None,
+                        grad_accum=grad_accum)

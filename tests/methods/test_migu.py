@@ -12,9 +12,10 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from lifelong.config import ConfigError, validate_command_line
+from lifelong.config import ConfigError, ModelFamily, validate_command_line
 from lifelong.methods.lora_migu import LoRAMIGU, LoRAMIGUConfig
-from lifelong.methods.migu import MIGU, MIGUConfig, output_magnitudes, row_thresholds
+from lifelong.methods.migu import MIGU, MIGUConfig, linear_targets, output_magnitudes, row_thresholds
+from lifelong.methods.migu_kept_rows import kept_row_indices
 from tests.methods.conftest import blocks, context, tiny_model
 
 
@@ -231,6 +232,97 @@ def test_lora_migu_masks_a_by_xa_and_b_by_the_layers_output(tokenizer, tmp_path)
     for name, p in model.named_parameters():
         if "lora_" not in name:
             assert torch.equal(p, before[name]), name
+
+
+def migu_steps(model, migu, data, steps: int, autocast_dtype: torch.dtype | None = None, before_mask=None):
+    """`steps` AdamW steps of `data`'s micro-batches (one step), as the trainer runs them."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    for _ in range(steps):
+        for micro in data:
+            with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                model(input_ids=micro, labels=micro).loss.backward()
+        if before_mask is not None:
+            before_mask()
+        migu.transform_gradients(model)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("family", [ModelFamily.gpt2, ModelFamily.llama])
+@pytest.mark.parametrize("micro_batches", [1, 2])
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16])
+def test_skipping_masked_rows_trains_exactly_as_masking_them(tokenizer, tmp_path, family, micro_batches,
+                                                              autocast_dtype):
+    """method.skip_masked_rows: three steps leave every parameter equal to plain MIGU's (Conv1D and
+    nn.Linear layers, fp32 and bf16 autocast, one micro-batch per step or two); with one micro-batch
+    the masked rows' gradients are zero before the step boundary masks anything (never computed),
+    where plain MIGU's are not."""
+    data = [blocks(len(tokenizer), 2, seed=s) for s in range(micro_batches)]
+    trained, masked_rows_grads = [], []
+    for skip in (False, True):
+        model = tiny_model(tokenizer, family)
+        migu = MIGU(MIGUConfig(skip_masked_rows=skip))
+        migu.before_stage(context(1, data, model, tmp_path, grad_accum=micro_batches))
+
+        def masked_rows_grad(migu=migu):  # |grad| summed over the rows the step's masks zero
+            keep = [mask.expand_as(t.weight) for t, mask in zip(migu.targets, migu.row_masks, strict=True)]
+            if not migu.masked_in_forward:
+                migu._set_masks()
+            masked_rows_grads.append(sum(float(t.weight.grad[k == 0].abs().sum())
+                                         for t, k in zip(migu.targets, keep, strict=True)))
+
+        migu_steps(model, migu, data, 3, autocast_dtype, masked_rows_grad)
+        trained.append([p.detach().clone() for p in model.parameters()])
+        assert all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(*trained, strict=True))
+    plain, skipping = masked_rows_grads[:3], masked_rows_grads[3:]
+    assert all(grad > 0 for grad in plain)
+    assert all(grad == 0 for grad in skipping) == (micro_batches == 1)
+
+
+def test_skipping_masked_rows_leaves_frozen_weights_and_swaps_forwards_back(tokenizer, tmp_path):
+    """A weight frozen after MIGU's set-up (as TGL freeze does) stays frozen; a layer whose forward
+    fails leaves its weight trainable; the next stage's set-up restores the layers' own forwards."""
+    model = tiny_model(tokenizer)
+    data = [blocks(len(tokenizer), 2, seed=0)]
+    migu = MIGU(MIGUConfig(skip_masked_rows=True))
+    migu.before_stage(context(1, data, model, tmp_path))
+    frozen = model.transformer.h[0].attn.c_attn.weight
+    frozen.requires_grad_(False)
+    migu_steps(model, migu, data, 1)
+    assert not frozen.requires_grad and frozen.grad is None
+    frozen.requires_grad_(True)
+    fc = model.transformer.h[0].mlp.c_fc
+    with pytest.raises(RuntimeError):
+        fc(torch.randn(3, 5))  # a wrong width, while the layer's weight is out of the graph
+    assert fc.weight.requires_grad
+    assert all("forward" in vars(t.source) for t in linear_targets(model))
+    migu.before_stage(context(2, data, model, tmp_path))
+    migu.before_stage(context(0, data, model, tmp_path))  # stage 0 is plain fine-tuning: no swaps
+    assert not any("forward" in vars(t.source) for t in linear_targets(model))
+
+
+def test_skipping_masked_rows_with_more_forwards_than_micro_batches_is_an_error(tokenizer, tmp_path):
+    """The masks are set when the step's last micro-batch's forward ends: another training forward
+    in that step would change the sums after its rows were chosen."""
+    model = tiny_model(tokenizer)
+    data = [blocks(len(tokenizer), 2, seed=s) for s in range(2)]
+    migu = MIGU(MIGUConfig(skip_masked_rows=True))
+    migu.before_stage(context(1, data, model, tmp_path, grad_accum=1))
+    with pytest.raises(RuntimeError, match=r"skip_masked_rows.*trainer.grad_accum \(1\)"):
+        migu_steps(model, migu, data, 1)
+
+
+def test_kept_row_indices_split_the_flags_by_source():
+    generator = torch.Generator().manual_seed(0)
+    widths = [5, 1, 7, 3, 4]
+    keep = (torch.rand(sum(widths), generator=generator) > 0.5).float()
+    keep[5] = 0.0  # a source with no kept row
+    keep[13:16] = 1.0  # one with all rows kept
+    bounds = torch.tensor([0, 5, 6, 13, 16, 20])
+    got = kept_row_indices(keep, bounds)
+    for (start, end), indices in zip(zip(bounds[:-1], bounds[1:], strict=True), got, strict=True):
+        assert torch.equal(indices, keep[start:end].nonzero().squeeze(1))
 
 
 def test_mask_fraction_outside_unit_interval_names_the_key():
