@@ -6,7 +6,9 @@
         (paper scale: one gpt2_large, 710M params, and its AdamW state per variant, 8.5 GB each)
     python benchmarks/migu_sums.py --device cpu --micro-batch 1 --rounds 300   (MIGU's parts on a CPU)
     python benchmarks/migu_sums.py --device cpu --model gpt2_100m --micro-batch 1 --rounds 30 --steps 2
-        --variants finetune,migu,migu_skip_masked_rows --name migu_sums_cpu_100m   (where matmuls dominate)
+        --variants finetune,migu,migu_skip_masked_rows --name migu_sums_cpu_100m
+    python migu_sums.py --device cpu --model gpt2_100m --micro-batch 8 --rounds 10 --steps 1
+        --variants finetune,migu,migu_skip_masked_rows --name migu_sums_cpu_100m_8x128   (matmuls dominate)
 
 MIGU misses its target on the GPU, and sits at it on a CPU at batch 1x128 (benchmarks/RESULTS.md);
 this script tells its parts apart.

@@ -157,11 +157,11 @@ def rows() -> list[str]:
                            f"({paired['rounds']} rounds)",
                            f"{ratio_text(ratios[method], target)} (quartiles {quartile_range(quartiles[method])})",
                            f"<= {target}", ratios[method] <= target))
-    for name in ("migu_sums_cpu", "migu_sums_cpu_100m"):
+    for name in ("migu_sums_cpu", "migu_sums_cpu_100m", "migu_sums_cpu_100m_8x128"):
         if parts := load(name):
-            out.append(variant_row(parts, f"MIGU's parts left out, moved into hooks or skipping the masked rows' "
-                                          f"gradients, {parts['model']} {parts['micro_batch']}x128, CPU 1 thread "
-                                          "(migu_sums.py --device cpu)", "3"))
+            out.append(variant_row(parts, "MIGU's parts left out, moved into hooks, or with method.skip_masked_rows "
+                                          f"(its kept rows' gradients only), {parts['model']} "
+                                          f"{parts['micro_batch']}x128, CPU 1 thread (migu_sums.py --device cpu)", "3"))
     ops = load("op_counts")
     if ops:
         counts = ops["ops_per_step"]

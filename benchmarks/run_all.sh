@@ -14,6 +14,8 @@ python methods_paired.py --micro-batch 1 --rounds 300 --stage 3 --name methods_p
 python migu_sums.py --device cpu --micro-batch 1 --rounds 300
 python migu_sums.py --device cpu --model gpt2_100m --micro-batch 1 --rounds 30 --steps 2 \
   --variants finetune,migu,migu_skip_masked_rows --name migu_sums_cpu_100m
+python migu_sums.py --device cpu --model gpt2_100m --micro-batch 8 --rounds 10 --steps 1 \
+  --variants finetune,migu,migu_skip_masked_rows --name migu_sums_cpu_100m_8x128
 python op_counts.py
 python tgl.py
 python eval_throughput.py
