@@ -187,7 +187,8 @@ class MIGU(Method):
         if self.skip_masked_rows:
             if self.masked_in_forward:
                 raise RuntimeError(f"MIGU: method.skip_masked_rows: more training forwards in one step than "
-                                   f"trainer.grad_accum ({self.grad_accum}); the masks were set after the last")
+                                   f"trainer.grad_accum ({self.grad_accum}), whose last one's rows were chosen "
+                                   "as it ended; a later forward would change the sums they came from")
             if self._last_micro_batch():  # its backward needs the masks: the step's sums are complete
                 self._set_masks()
                 self.kept = dict(zip(self.rows, kept_row_indices(self.keep, self.bounds), strict=True))
