@@ -40,7 +40,7 @@ class KeptRowsGrad(torch.autograd.Function):
         (inputs,) = ctx.saved_tensors
         kept = ctx.kept()
         grad = grad_output.reshape(-1, grad_output.shape[-1]).index_select(1, kept)
-        x = inputs.reshape(-1, inputs.shape[-1]).to(grad.dtype)  # as autocast cast it for the layer's matmul
+        x = inputs.reshape(-1, inputs.shape[-1])
         grad_weight = torch.zeros_like(ctx.weight)
         if ctx.rows_dim == 0:  # nn.Linear: weight [out, in]
             grad_weight.index_copy_(0, kept, (grad.t() @ x).to(grad_weight.dtype))
@@ -61,6 +61,9 @@ class KeptRowsForward:
         def forward(inputs: torch.Tensor) -> torch.Tensor:
             if not (module.training and weight.requires_grad and engaged()):  # TGL may freeze it after MIGU's set-up
                 return layer_forward(inputs)
+            device = inputs.device.type
+            if torch.is_autocast_enabled(device):  # cast once, as autocast would: KeptRowsGrad keeps this copy
+                inputs = inputs.to(torch.get_autocast_dtype(device))
             weight.requires_grad_(False)
             try:
                 output = layer_forward(inputs)
