@@ -35,8 +35,9 @@ and runs `--steps` steps per round next to finetune's in a rotating order:
 On a GPU the step is --model (gpt2_100m), --micro-batch x 512, bf16 as in gpu.py. On a CPU
 (one thread) --model (tiny_gpt2), and only finetune, migu and the variants that leave a part
 out, move it into hooks or skip the masked rows' gradients (the others change the GPU's code):
-what each part of MIGU costs there. Prints each variant's median step time and its median ratio to finetune's step, and
-saves them to benchmarks/results/<--name, default migu_sums_<device>>.json (a row of RESULTS.md).
+what each part of MIGU costs there. Prints each variant's median step time and its median ratio
+to finetune's step, and saves them to benchmarks/results/<--name, default migu_sums_<device>>.json
+(a row of RESULTS.md).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from methods_paired import paired_variants, patched
 import lifelong.methods.migu as migu_module
 from lifelong.config import TrainerConfig
 from lifelong.methods.base import StageContext
-from lifelong.methods.migu import MIGU, output_magnitudes, row_thresholds
+from lifelong.methods.migu import MIGU, output_magnitudes
 from lifelong.train import apply_process_settings
 
 ACCUMULATE = MIGU._accumulate  # as shipped: hook_sums calls it while MIGU._accumulate is patched
@@ -87,38 +88,30 @@ def mask_in_place(weight: torch.Tensor, mask: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def thresholds_at_forward_end(self: MIGU, model: torch.nn.Module, inputs: object, output: object) -> None:
-    if model.training:  # after _forward_done (registered before), so the sums are whole
-        for sums, keep in self.by_width:
-            torch.ge(sums, row_thresholds(sums, self.mask_fraction), out=keep)
-
-
-def reset_sums(self: MIGU, model: torch.nn.Module) -> None:
-    if self.active:
-        self.sums.zero_()
-        self.counted = set()
+def masks_at_forward_end(self: MIGU, model: torch.nn.Module, inputs: object, output: object) -> None:
+    """MIGU's masks set as the forward ends (after _forward_done, registered before, so the sums are
+    whole), marked so, as with method.skip_masked_rows: a step of one micro-batch then only resets
+    the sums at its boundary."""
+    if model.training:
+        self._set_masks()
+        self.masked_in_forward = True
 
 
 @contextlib.contextmanager
-def masked_before_step_end(prepare: Callable[[MIGU, StageContext], None]) -> Iterator[None]:
-    """MIGU built inside this block calls `prepare` after its own before_stage (where it is active)
-    to mask before the step ends; its step boundary then only resets the sums."""
+def hook_masks() -> Iterator[None]:
+    """MIGU built inside this block masks each weight's gradient in its post-accumulate-grad hook
+    (right only for a step of one micro-batch in one process, as here)."""
     before_stage = MIGU.before_stage
 
-    def before_stage_then_prepare(self: MIGU, ctx: StageContext) -> None:
+    def before_stage_with_grad_hooks(self: MIGU, ctx: StageContext) -> None:
         before_stage(self, ctx)
         if self.active:
-            prepare(self, ctx)
-            self.transform_gradients = types.MethodType(reset_sums, self)
+            self.handles += [t.weight.register_post_accumulate_grad_hook(functools.partial(mask_in_place, mask=mask))
+                             for t, mask in zip(self.targets, self.row_masks, strict=True)]
+            self.handles.append(ctx.model.register_forward_hook(types.MethodType(masks_at_forward_end, self)))
 
-    with patched(MIGU, "before_stage", before_stage_then_prepare):
+    with patched(MIGU, "before_stage", before_stage_with_grad_hooks):
         yield
-
-
-def prepare_hook_masks(self: MIGU, ctx: StageContext) -> None:
-    self.handles += [t.weight.register_post_accumulate_grad_hook(functools.partial(mask_in_place, mask=mask))
-                     for t, mask in zip(self.targets, self.row_masks, strict=True)]
-    self.handles.append(ctx.model.register_forward_hook(types.MethodType(thresholds_at_forward_end, self)))
 
 
 VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
@@ -131,7 +124,7 @@ VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
     "migu_masks": lambda: patched(migu_module, "mask_gradients", triton_mask_gradients),
     "migu_no_masks": lambda: patched(migu_module, "mask_gradients", lambda grads, masks: None),
     "migu_hook_sums": lambda: patched(MIGU, "_accumulate", hook_sums),
-    "migu_hook_masks": lambda: masked_before_step_end(prepare_hook_masks),
+    "migu_hook_masks": hook_masks,
     "migu_skip_masked_rows": contextlib.nullcontext,
 }
 OVERRIDES = {"migu_skip_masked_rows": ["method.skip_masked_rows=true"]}  # the variants that are MIGU's options

@@ -225,11 +225,12 @@ class MIGU(Method):
         if self.counted:
             if not self.masked_in_forward:
                 self._set_masks()
-            # only sources that ran a forward in this step hold this step's sums; a step of one
-            # micro-batch with skip_masked_rows has computed no masked row's gradient
-            pairs = [(t.weight.grad, mask) for t, mask in zip(self.targets, self.row_masks, strict=True)
-                     if t.weight.grad is not None and t.source in self.counted]
-            if pairs and not (self.masked_in_forward and self.forwards == 1):
+            # a step of one micro-batch with skip_masked_rows has computed no masked row's gradient;
+            # only sources that ran a forward in this step hold this step's sums
+            pairs = [] if self.masked_in_forward and self.forwards == 1 else [
+                (t.weight.grad, mask) for t, mask in zip(self.targets, self.row_masks, strict=True)
+                if t.weight.grad is not None and t.source in self.counted]
+            if pairs:
                 grads, masks = zip(*pairs, strict=True)
                 self.mask_gradients(list(grads), list(masks))
             self.sums.zero_()
