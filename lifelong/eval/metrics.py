@@ -8,6 +8,8 @@ Differences are taken in log-perplexity so "lower is better" stays explicit:
 - `backward_transfer`: mean over j < T-1 of (log ppl right after stage j - log ppl after the
   last stage); < 0 means later training hurt stage j (avalanche's sign convention).
 - `forward_transfer` and `fuar`: below.
+A diverged run's NaN perplexity gives NaN, never a clean-looking figure: Python's min and max
+would drop it depending on its position.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ def _mean(values: list[float]) -> float | None:
     return mean(values) if values else None
 
 
+def _lowest(values: list[float]) -> float:
+    """min, but NaN if any value is NaN (min keeps a NaN only when it comes first)."""
+    return math.nan if any(math.isnan(v) for v in values) else min(values)
+
+
 def final_perplexity(matrix: Matrix) -> float | None:
     return _mean([v for v in matrix[-1] if v is not None])
 
@@ -32,7 +39,7 @@ def forgetting(matrix: Matrix) -> float | None:
     for j in range(last):
         seen = [matrix[i][j] for i in range(j, last) if matrix[i][j] is not None]
         if seen and matrix[last][j] is not None:
-            gaps.append(math.log(matrix[last][j]) - min(math.log(v) for v in seen))
+            gaps.append(math.log(matrix[last][j]) - _lowest([math.log(v) for v in seen]))
     return _mean(gaps)
 
 
@@ -73,16 +80,19 @@ def fuar(changed: Matrix, unchanged: Matrix, new: Matrix) -> float | None:
     (row t), on stage t's probes: forgotten = rise in log ppl of `unchanged`, updated = fall of
     `changed`, acquired = fall of `new`, each clipped at 0. FUAR = sum forgotten / sum (updated +
     acquired); lower is better, < 1 means more was learned than forgotten. None when nothing was
-    updated or acquired.
+    updated or acquired; NaN when a perplexity it reads is NaN.
     """
 
     def gap(matrix: Matrix, t: int, sign: int) -> float:
         before, after = matrix[t - 1][t], matrix[t][t]
         if before is None or after is None:
             return 0.0
-        return max(0.0, sign * (math.log(after) - math.log(before)))
+        change = sign * (math.log(after) - math.log(before))
+        return change if math.isnan(change) else max(0.0, change)
 
     stages = range(1, len(changed))
     forgotten = sum(gap(unchanged, t, +1) for t in stages)
     gained = sum(gap(changed, t, -1) + gap(new, t, -1) for t in stages)
+    if math.isnan(forgotten) or math.isnan(gained):
+        return math.nan
     return forgotten / gained if gained > 0 else None

@@ -53,3 +53,14 @@ def test_fuar_by_hand():
     assert fuar(changed, unchanged, new) == pytest.approx(expected)
     flat = [[None, 1.0], [None, 1.0]]
     assert fuar(flat, flat, flat) is None
+
+
+def test_a_diverged_stage_gives_nan_not_a_clean_figure():
+    nan = math.nan
+    changed = [[None, 10.0, 10.0], [None, 5.0, 10.0], [None, 5.0, nan]]
+    unchanged = [[None, 10.0, 10.0], [None, 10.0, 10.0], [None, 10.0, nan]]
+    new = [[20.0, 20.0, 20.0], [20.0, 8.0, 20.0], [20.0, 8.0, nan]]
+    assert math.isnan(fuar(changed, unchanged, new))  # max(0, nan) would count the blow-up as no change
+    # wherever the NaN sits among the earlier rows (min keeps a NaN only when it comes first)
+    assert math.isnan(forgetting([[5.0, 1.0, 1.0], [nan, 1.0, 1.0], [6.0, 1.0, 1.0]]))
+    assert math.isnan(forgetting([[nan, 1.0, 1.0], [5.0, 1.0, 1.0], [6.0, 1.0, 1.0]]))
