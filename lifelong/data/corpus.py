@@ -50,16 +50,27 @@ def load_corpus(files: TextFiles) -> datasets.Dataset:
         corpus = datasets.load_dataset(builder, data_files=[str(p) for p in files.paths], split="train",
                                        cache_dir=files.cache_dir)
     except datasets.exceptions.DatasetGenerationError as error:
-        if builder == "json":  # name the first bad line
-            from lifelong.data.jsonl import read_jsonl
-
-            for path in files.paths:
-                read_jsonl(path, (files.column,))
+        if builder == "json":
+            raise_at_first_bad_line(files)
         names = ", ".join(map(str, files.paths))
         raise CorpusFormatError(f"{names}: not readable as {builder}: {error.__cause__}") from error
     if files.column not in corpus.column_names:
         raise CorpusFormatError(f"{files.paths[0]}: no `{files.column}` field (has {corpus.column_names})")
+    # datasets reads a json record that lacks the field as null, which tokenizing would drop unseen;
+    # in a csv an empty cell reads as null too, and is an empty document, dropped as json's "" is
+    if builder == "json" and corpus.data.column(files.column).null_count:
+        raise_at_first_bad_line(files)
     return corpus.select_columns([files.column])
+
+
+def raise_at_first_bad_line(files: TextFiles) -> None:
+    """A CorpusFormatError naming the first json line that is malformed or whose field is not a string."""
+    from lifelong.data.jsonl import numbered_jsonl
+
+    for path in files.paths:
+        for number, record in numbered_jsonl(path, (files.column,)):
+            if not isinstance(record[files.column], str):
+                raise CorpusFormatError(f"{path}:{number}: `{files.column}` is {record[files.column]!r}, not text")
 
 
 def _encode(batch: dict, tokenizer, column: str) -> dict:

@@ -21,13 +21,9 @@ class DataFormatError(ValueError):
     pass
 
 
-def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
-    """Records of a jsonl file; a malformed line names the file and the line."""
-    return [record for _, record in numbered_jsonl(path, required)]
-
-
 def numbered_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
-    """(line number, record) of every non-empty line, for errors found later that name the line."""
+    """(line number, record) of every non-empty line; a malformed line names the file and the line,
+    and so can errors found later."""
     records = []
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
@@ -48,6 +44,8 @@ def numbered_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dic
 
 def probe_from_record(record: dict, where: str) -> Probe:
     text, target = record["text"], record.get("target")
+    if not isinstance(text, str) or not isinstance(target, str | None):
+        raise DataFormatError(f"{where}: `text` (and `target`, if given) must be strings, got {record!r}")
     if target is None:
         return Probe.whole(text)
     start = text.rfind(target)
@@ -59,7 +57,7 @@ def probe_from_record(record: dict, where: str) -> Probe:
 def _probes(path: Path) -> list[Probe]:
     if not path.exists():
         return []
-    return [probe_from_record(r, f"{path}") for r in read_jsonl(path, ("text",))]
+    return [probe_from_record(r, f"{path}:{number}") for number, r in numbered_jsonl(path, ("text",))]
 
 
 def stage_dirs(root: Path) -> list[Path]:

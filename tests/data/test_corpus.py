@@ -108,6 +108,15 @@ def test_malformed_corpus_line_names_file_and_line(tmp_path):
         load_corpus(TextFiles((tmp_path / "absent.jsonl",)))
 
 
+@pytest.mark.parametrize("bad_line", ['{"txt": "Rome is a city."}', '{"text": null}'])
+def test_a_record_without_text_names_its_line_rather_than_vanishing(tmp_path, bad_line):
+    # datasets reads the missing field as null, and tokenizing would drop that record unseen
+    path = tmp_path / "train.jsonl"
+    path.write_text(f'{{"text": "Paris is a city."}}\n{bad_line}\n{{"text": "Oslo is a city."}}\n')
+    with pytest.raises(ValueError, match=rf"{path}:2: (missing field|`text` is None)"):
+        load_corpus(TextFiles((path,), cache_dir=str(tmp_path / "c")))
+
+
 def test_csv_corpus(tmp_path, tokenizer):
     path = tmp_path / "diffset.csv"
     path.write_text('text\nAna lives in Rome.\n"Bo said ""hi"", then left."\n')
