@@ -117,6 +117,12 @@ def _state(fact: Fact, template: str, world: dict[Fact, str]) -> Probe:
     return _render(template, fact[0], world[fact])
 
 
+def _mention(probe: Probe, entity: str) -> Probe:
+    """The same sentence, its span on the entity's mention."""
+    start = probe.text.index(entity)
+    return Probe(probe.text, (start, start + len(entity)))
+
+
 def generate_stream(cfg: SyntheticDataConfig) -> Stream:
     rng = random.Random(cfg.seed)
     updates = world_timeline(cfg, rng)
@@ -124,11 +130,13 @@ def generate_stream(cfg: SyntheticDataConfig) -> Stream:
     stages: list[Stage] = []
     for index, update in enumerate(updates):
         knowledge = []
+        changed_set = set(update.changed)
         for fact in update.changed + update.new:
             templates = rng.sample(RELATIONS[fact[1]][1][:-1], cfg.train_renderings)
             renderings = [_state(fact, t, update.world) for t in templates]
             last_stated[fact] = renderings[0]
-            knowledge += renderings
+            # TGL's knowledge spans (DESIGN.md section 5): a changed fact's new object, a new entity's mention
+            knowledge += renderings if fact in changed_set else [_mention(p, fact[0]) for p in renderings]
         restated = rng.sample(update.unchanged, round(cfg.unchanged_in_train * len(update.unchanged)))
         train = [p.text for p in knowledge]
         train += [_state(f, rng.choice(RELATIONS[f[1]][1][:-1]), update.world).text for f in restated]

@@ -81,3 +81,22 @@ def test_changed_facts_get_a_new_object_and_every_probe_holds_to_the_end():
                     assert updates[index - 1].world[fact] != obj
                 if name == "unchanged":
                     assert updates[index - 1].world[fact] == obj
+
+
+def test_knowledge_spans_are_changed_objects_and_new_entities_mentions():
+    """DESIGN.md section 5: TGL's temporal loss covers a changed fact's new object and a new entity's name."""
+    stream = generate_stream(TINY)
+    update = world_timeline(TINY, random.Random(TINY.seed))[1]
+    changed, new = set(update.changed), {entity for entity, _ in update.new}
+    spans = {"object": 0, "mention": 0}
+    for probe in stream.stages[1].knowledge:
+        span = probe.text[slice(*probe.span)]
+        entity, relation = _subject_relation(probe.text)
+        if (entity, relation) in changed:
+            assert span == update.world[entity, relation]
+            spans["object"] += 1
+        else:
+            assert entity in new and span == entity
+            spans["mention"] += 1
+    assert spans["object"] == len(changed) * TINY.train_renderings
+    assert spans["mention"] == len(update.new) * TINY.train_renderings
