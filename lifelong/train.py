@@ -29,6 +29,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+# the schemas conf/ extends: Hydra's --help and --cfg compose without validate_command_line, which imports them too
+import lifelong.methods  # noqa: F401
+import lifelong.tgl  # noqa: F401
 from lifelong.config import (
     CONF_DIR,
     ConfigError,

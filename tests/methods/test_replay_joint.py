@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from lifelong.config import compose_train_config
 from lifelong.methods.joint import Joint
 from lifelong.methods.replay import Replay, ReplayConfig
 from lifelong.train import stage_batches
@@ -61,6 +62,17 @@ def test_a_run_resumed_mid_stage_replays_the_same_blocks(tmp_path):
     resumed = Replay(ReplayConfig(buffer_size=50))
     resumed.load_state_dict(replay.state_dict())  # a mid-stage checkpoint: taken after the stage's draw
     assert torch.equal(resumed.stage_data(ctx)[:], trained)
+
+
+def test_each_run_seed_replays_its_own_draws(tmp_path):
+    """The run's seed reaches replay: a sweep's seeds would otherwise share one buffer and its picks."""
+    drawn = []
+    for seed in (0, 1):
+        cfg = compose_train_config(["method=replay", "method.buffer_size=50", f"seed={seed}"])
+        replay = cfg.method.build()
+        replay.after_stage(context(0, [tagged(0, 100)], None, tmp_path))
+        drawn.append(replay.stage_data(context(1, [tagged(0, 100), tagged(1, 100)], None, tmp_path))[:])
+    assert not torch.equal(*drawn)
 
 
 def test_joint_trains_on_every_stage_so_far(tmp_path):
