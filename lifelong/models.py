@@ -84,6 +84,11 @@ def layer_of(param_name: str, block_pattern: str | None = None) -> str:
     return "other"
 
 
+def is_block(row: str) -> bool:
+    """Whether a layer row (layer_of's) is a transformer block, not embeddings, final norm, LM head or other."""
+    return row.startswith("layer_")
+
+
 def layer_names(model: nn.Module) -> list[str]:
     """Layer rows in model order (embeddings first, LM head last)."""
     seen: dict[str, None] = {}

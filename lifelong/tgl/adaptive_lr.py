@@ -1,8 +1,10 @@
 """`tgl=adaptive_lr` (TGL + ALR): one learning rate per layer, scaled by its relative norm.
 
-lr_l = lr * clamp(r_l / mean(r), min_scale, max_scale). The paper's exact formula is not
-public; this is the project's reading of "scale each layer's learning rate with the magnitude
-of its relative gradient norm" (DESIGN.md section 5). Weight decay stays on matrices only.
+lr_l = lr * clamp(r_l / mean(r), min_scale, max_scale) for every transformer block l, the mean
+over the blocks (select.py); the embeddings, final norm and LM head train at lr. The paper's
+exact formula is not public; this is the project's reading of "scale each layer's learning rate
+with the magnitude of its relative gradient norm" (DESIGN.md section 5). Weight decay stays on
+matrices only.
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ from lifelong.config import register, require
 from lifelong.methods.base import Method
 from lifelong.models import layer_of
 from lifelong.tgl.base import TGLConfig, TracedLayers
+from lifelong.tgl.select import candidates
 
 
 class AdaptiveLR(TracedLayers):
     cfg: AdaptiveLRConfig
 
     def layer_scales(self) -> dict[str, float]:
-        relative = self.trace.relative
+        """Each block's scale; rows not listed train at the base rate."""
+        layers, relative = candidates(self.trace.layers, self.trace.relative)
         mean = sum(relative) / len(relative)
         return {layer: min(self.cfg.max_scale, max(self.cfg.min_scale, r / max(mean, 1e-12)))
-                for layer, r in zip(self.trace.layers, relative, strict=True)}
+                for layer, r in zip(layers, relative, strict=True)}
 
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict] | None:
         if self.trace is None:

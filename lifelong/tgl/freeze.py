@@ -1,7 +1,8 @@
-"""`tgl=freeze` (TGL + FP): train only the selected layers in a stage; the others keep their
-weights bit for bit. Composes with any baseline: what is frozen is taken from what the baseline
-trains (under LoRA, the adapters of non-selected layers; under MIGU, masks apply inside the
-selected layers). The frozen parameters are released again at the stage's end."""
+"""`tgl=freeze` (TGL + FP): of the transformer blocks, train only the selected ones in a stage;
+the others keep their weights bit for bit. The embeddings, final norm and LM head are not blocks
+(select.py): they train unless `freeze_non_block`. Composes with any baseline: what is frozen is
+taken from what the baseline trains (under LoRA, the adapters of non-selected layers; under MIGU,
+masks apply inside the selected layers). The frozen parameters are released at the stage's end."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from lifelong.config import register
 from lifelong.methods.base import Method, StageContext
 from lifelong.models import layer_of
 from lifelong.tgl.base import TGLConfig, TracedLayers
+from lifelong.tgl.select import candidates
 
 
 class Freeze(TracedLayers):
@@ -24,9 +26,10 @@ class Freeze(TracedLayers):
         super().before_stage(ctx)
         if ctx.index < self.cfg.from_stage:
             return
-        keep = set(self.selected)
+        ranked, keep = set(candidates(self.trace.layers, self.trace.relative)[0]), set(self.selected)
         for name, param in ctx.model.named_parameters():
-            if param.requires_grad and layer_of(name, self.cfg.block_pattern) not in keep:
+            row = layer_of(name, self.cfg.block_pattern)
+            if param.requires_grad and row not in keep and (row in ranked or self.cfg.freeze_non_block):
                 param.requires_grad_(False)
                 self.frozen.append(param)
 
@@ -39,6 +42,7 @@ class Freeze(TracedLayers):
 @dataclass
 class FreezeConfig(TGLConfig):
     name: str = "freeze"
+    freeze_non_block: bool = False  # true: the embeddings, final norm and LM head are frozen too
 
     def build(self) -> Method:
         return Freeze(self)

@@ -1,10 +1,17 @@
-"""Which layers TGL updates, from the relative gradient norms r of a trace."""
+"""Which layers TGL updates, from the relative gradient norms r of a trace.
+
+The paper's layers are the transformer blocks: the embeddings, final norm and LM head are rows
+of a trace but take no part in the rule (the final norm's r stays near 1 at every stage, and
+would pull the mean down until every block is above it). A trace with no block row (a
+block_pattern that matches nothing) selects among all its rows."""
 
 from __future__ import annotations
 
 import math
 import warnings
 from enum import Enum
+
+from lifelong.models import is_block
 
 
 class Rule(Enum):
@@ -13,10 +20,18 @@ class Rule(Enum):
     top_fraction = "top_fraction"
 
 
+def candidates(layers: list[str], relative: list[float]) -> tuple[list[str], list[float]]:
+    """The rows the rule ranks and averages: the blocks, or every row if the trace has none."""
+    blocks = [(layer, r) for layer, r in zip(layers, relative, strict=True) if is_block(layer)]
+    chosen = blocks or list(zip(layers, relative, strict=True))
+    return [layer for layer, _ in chosen], [r for _, r in chosen]
+
+
 def select_layers(layers: list[str], relative: list[float], rule: Rule, k: int = 1,
                   fraction: float = 0.5) -> list[str]:
-    """Selected layers in model order; ties at the cut are broken by model order. Never empty:
+    """Selected blocks in model order; ties at the cut are broken by model order. Never empty:
     freezing every layer would leave a stage nothing to train."""
+    layers, relative = candidates(layers, relative)
     if rule is Rule.above_mean:
         mean = sum(relative) / len(relative)
         above = [layer for layer, r in zip(layers, relative, strict=True) if r > mean]

@@ -12,7 +12,7 @@ from lifelong.data.synthetic import generate_stream
 from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
 from lifelong.eval.perplexity import EncodedProbes, encode_probes
 from lifelong.methods.base import StageContext
-from lifelong.models import build_model, layer_of
+from lifelong.models import build_model, is_block, layer_of
 from lifelong.optim import build_optimizer, default_param_groups
 from lifelong.tgl.adaptive_lr import AdaptiveLRConfig
 from lifelong.tgl.freeze import FreezeConfig
@@ -122,21 +122,24 @@ def test_tracing_does_not_change_training(setup, tmp_path):
 
 
 def test_selection_rules_on_hand_built_profiles():
-    layers = ["embed", "layer_00", "layer_01", "layer_02", "final_norm"]
-    relative = [1.0, 4.0, 3.0, 0.5, 1.5]  # mean 2.0
-    assert select_layers(layers, relative, Rule.above_mean) == ["layer_00", "layer_01"]
-    assert select_layers(layers, relative, Rule.top_k, k=3) == ["layer_00", "layer_01", "final_norm"]
-    assert select_layers(layers, relative, Rule.top_fraction, fraction=0.2) == ["layer_00"]
+    layers = ["embed", "layer_00", "layer_01", "layer_02", "layer_03", "final_norm"]
+    relative = [5.0, 4.0, 3.5, 3.0, 1.5, 1.0]  # the blocks' mean is 3.0; over every row it would be 3.0 - 1/12
+    assert select_layers(layers, relative, Rule.above_mean) == ["layer_00", "layer_01"]  # not layer_02, not embed
+    assert select_layers(layers, relative, Rule.top_k, k=3) == ["layer_00", "layer_01", "layer_02"]
+    assert select_layers(layers, relative, Rule.top_fraction, fraction=0.5) == ["layer_00", "layer_01"]
     with pytest.warns(UserWarning, match="selected no layer"):  # none above the mean: the top-1, never none
-        assert select_layers(layers, [1.0] * 5, Rule.above_mean) == ["embed"]
+        assert select_layers(layers, [1.0] * 6, Rule.above_mean) == ["layer_00"]
     with pytest.warns(UserWarning, match="selected no layer"):
         assert select_layers(["layer_00"], [4.1], Rule.above_mean) == ["layer_00"]
+    # no block row (a block_pattern that matches nothing): the rule ranks every row
+    assert select_layers(["embed", "other", "lm_head"], [1.0, 3.0, 2.5], Rule.above_mean) == ["other", "lm_head"]
 
 
-def test_freeze_keeps_unselected_layers_bit_identical(setup, tmp_path):
+@pytest.mark.parametrize("freeze_non_block", [False, True])
+def test_freeze_keeps_unselected_layers_bit_identical(setup, tmp_path, freeze_non_block):
     tokenizer, blocks = setup
     model = tiny_model(tokenizer)
-    freeze = FreezeConfig(rule=Rule.top_k, k=1).build()
+    freeze = FreezeConfig(rule=Rule.top_k, k=1, freeze_non_block=freeze_non_block).build()
     ctx = ctx_for(1, model, tokenizer, blocks, tmp_path)
     freeze.before_stage(ctx)
     selected = freeze.selected
@@ -148,9 +151,10 @@ def test_freeze_keeps_unselected_layers_bit_identical(setup, tmp_path):
         lm_loss(model, blocks[1][:4]).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    assert all(is_block(layer) for layer in selected)
     for name, p in model.named_parameters():
-        if layer_of(name) in selected:
-            assert not torch.equal(p, before[name]), name
+        if layer_of(name) in selected or not (is_block(layer_of(name)) or freeze_non_block):
+            assert not torch.equal(p, before[name]), name  # embeddings, final norm: trained unless freeze_non_block
         else:
             assert torch.equal(p, before[name]), name
     freeze.after_stage(ctx)
@@ -163,9 +167,10 @@ def test_adaptive_lr_gives_the_configured_per_layer_rates(setup, tmp_path):
     method = AdaptiveLRConfig(min_scale=0.5, max_scale=2.0).build()
     method.before_stage(ctx_for(1, model, tokenizer, blocks, tmp_path))
     trace = json.loads((tmp_path / "trace_stage_1.json").read_text())
-    mean = sum(trace["relative"]) / len(trace["relative"])
-    expected = {layer: 1e-3 * min(2.0, max(0.5, r / mean)) for layer, r in zip(trace["layers"], trace["relative"],
-                                                                               strict=True)}
+    blocks = {layer: r for layer, r in zip(trace["layers"], trace["relative"], strict=True) if is_block(layer)}
+    mean = sum(blocks.values()) / len(blocks)
+    expected = {layer: 1e-3 * min(2.0, max(0.5, blocks[layer] / mean)) if layer in blocks else 1e-3
+                for layer in trace["layers"]}
     optimizer = torch.optim.AdamW(method.param_groups(model, 1e-3, 0.01))
     seen = {}
     for group in optimizer.param_groups:
@@ -194,7 +199,7 @@ def test_every_method_composes_with_tgl(tmp_path, method, tgl):
         return
     # after stage 1's first step (LoRA's adapters exist by then) and at its end
     before, after = (torch.load(run_dir / "checkpoints" / f"step_{step:08d}.pt")["model"] for step in (4, 6))
-    unselected = [key for key in after if layer_of(key) not in trace["selected"]]
+    unselected = [key for key in after if is_block(layer_of(key)) and layer_of(key) not in trace["selected"]]
     assert unselected and all(torch.equal(before[key], after[key]) for key in unselected)
     assert any(not torch.equal(before[key], after[key]) for key in after)
 
