@@ -547,7 +547,12 @@ def compose(overrides: list[str], source: ConfigSource = ConfigSource()) -> Dict
 def compose_train_config(overrides: list[str], run_dir: str = ".",
                          source: ConfigSource = ConfigSource()) -> TrainConfig:
     """The typed, validated config of one job, composed outside a Hydra run."""
-    cfg = compose(overrides, source)
+    return _typed(compose(overrides, source), run_dir)
+
+
+def _typed(composed: DictConfig, run_dir: str | Path) -> TrainConfig:
+    """The typed config of a composition (which is left as it is), without its hydra node."""
+    cfg = composed.copy()
     with open_dict(cfg):
         del cfg["hydra"]
     cfg.run_dir = str(run_dir)  # the Hydra run dir exists only once a job runs
@@ -620,29 +625,50 @@ def _runs_no_job(parsed: argparse.Namespace) -> bool:
                 or parsed.experimental_rerun)
 
 
-def _jobs(overrides: list[str], multirun: bool, source: ConfigSource) -> list[list[str]]:
-    """The overrides of every job; a multirun sweeps its preset's hydra.sweeper.params too."""
+def _jobs(overrides: list[str], multirun: bool, source: ConfigSource) -> tuple[list[list[str]], bool]:
+    """The overrides of every job, and whether Hydra runs them as a multirun: under -m, or where a
+    preset sets hydra.mode=MULTIRUN. A multirun sweeps its preset's hydra.sweeper.params too."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
+    from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    try:
+        hydra = compose(fixed, source).hydra
+    except (HydraException, OmegaConfBaseException) as error:
+        raise _explain(error, overrides, source) from error
+    multirun = multirun or hydra.mode == RunMode.MULTIRUN
     if multirun:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-        try:
-            params = compose(fixed, source).hydra.sweeper.params or {}
-        except (HydraException, OmegaConfBaseException) as error:
-            raise _explain(error, overrides, source) from error
         given = {o.split("=")[0].lstrip("+~") for o in overrides}
-        overrides = overrides + [f"{key}={value}" for key, value in params.items() if key not in given]
-    return _job_overrides(overrides)
+        overrides = overrides + [f"{key}={value}" for key, value in (hydra.sweeper.params or {}).items()
+                                 if key not in given]
+    return _job_overrides(overrides), multirun
+
+
+def _job_run_dir(composed: DictConfig, number: int, multirun: bool) -> Path | None:
+    """Where Hydra will run job `number` of a composition: hydra.run.dir, or hydra.sweep.dir / subdir.
+    None where that depends on what only the launch knows (a subdir naming the SLURM job id, say)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    hydra = composed.copy().hydra  # the subdir's interpolations resolve from the root
+    try:
+        if not multirun:
+            return Path(hydra.run.dir)
+        with open_dict(hydra):
+            hydra.job.num = number
+        return Path(hydra.sweep.dir) / hydra.sweep.subdir
+    except OmegaConfBaseException:
+        return None
 
 
 def validate_command_line(args: list[str]) -> int:
     """Compose and check every job the command line describes, honouring Hydra's flags.
     Returns the number of jobs (0 for a command that runs none).
 
-    Raises ConfigError (with the key and what is allowed) on the first bad job.
+    Raises ConfigError (with the key and what is allowed) on the first bad job, and on a job whose
+    run dir holds another run (before Hydra writes the job's .hydra/ files there).
     """
     from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
@@ -652,21 +678,28 @@ def validate_command_line(args: list[str]) -> int:
         return 0
     source = ConfigSource(parsed.config_name or "train", parsed.config_path, parsed.config_dir)
     try:
-        jobs = _jobs(parsed.overrides, parsed.multirun, source)
+        jobs, multirun = _jobs(parsed.overrides, parsed.multirun, source)
     except OverrideParseException as error:
         raise _override_error(error) from error
-    for job in jobs:
+    for number, job in enumerate(jobs):
         try:
-            cfg = compose_train_config(job, source=source)
+            composed = compose(job, source)
+            run_dir = _job_run_dir(composed, number, multirun)
+            cfg = _typed(composed, run_dir or ".")
         except (HydraException, OmegaConfBaseException) as error:
             raise _explain(error, job, source) from error
         check_input_paths(cfg)
+        if run_dir is not None:
+            check_same_run(run_dir, cfg)
     return len(jobs)
 
 
-# keys a relaunch of a run dir may change: they do not change what the run computes
+# keys a relaunch of a run dir may change: they do not change what the run computes (the cluster's
+# size does: its ranks share the global batch); conf/train.yaml leaves them out of a sweep's run dir names
 RELAUNCH_MAY_CHANGE = ("run_dir", "logger", "trainer.progress", "trainer.num_threads", "trainer.keep_host_memory",
-                       "trainer.checkpoint_every", "trainer.keep_checkpoints")
+                       "trainer.checkpoint_every", "trainer.keep_checkpoints", "cluster.partition", "cluster.account",
+                       "cluster.qos", "cluster.cpus_per_task", "cluster.mem_gb", "cluster.timeout_min",
+                       "cluster.array_parallelism", "cluster.signal_delay_s", "cluster.max_num_timeout")
 
 
 def run_identity(cfg: DictConfig | TrainConfig) -> dict[str, Any]:
@@ -680,6 +713,22 @@ def run_identity(cfg: DictConfig | TrainConfig) -> dict[str, Any]:
     flat = leaves(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True), "")
     return {key: value for key, value in flat.items()
             if not any(key == k or key.startswith(k + ".") for k in RELAUNCH_MAY_CHANGE)}
+
+
+def check_same_run(run_dir: Path, cfg: TrainConfig) -> None:
+    """A run dir holds one run: resuming or reusing it under another config would mix two runs'
+    checkpoints, metrics and results, and rewrite its config.yaml as if it were one."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved, current = run_identity(OmegaConf.load(saved_path)), run_identity(cfg)
+    # keys only one side has come from another version of lifelong: they are not compared
+    changed = sorted(key for key in saved.keys() & current.keys() if saved[key] != current[key])
+    if changed:
+        key = changed[0]
+        others = f"; {', '.join(changed[1:])} differ too" if changed[1:] else ""
+        raise ConfigError(key, current[key], f"{saved[key]!r}, the value {run_dir} was started with "
+                          f"(a run dir holds one run: give a new run another hydra.run.dir{others})")
 
 
 def check_input_paths(cfg: TrainConfig) -> None:

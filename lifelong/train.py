@@ -39,7 +39,7 @@ from lifelong.config import (
     Precision,
     TrainConfig,
     TrainerConfig,
-    run_identity,
+    check_same_run,
     to_train_config,
 )
 from lifelong.data import corpus
@@ -108,22 +108,6 @@ def keep_metrics_until(path: Path, global_step: int) -> None:
     if path.exists():
         kept = [r for r in read_jsonl_metrics(path) if r["global_step"] <= global_step]
         write_atomically(path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-def check_same_run(run_dir: Path, cfg: TrainConfig) -> None:
-    """A run dir holds one run: resuming or reusing it under another config would mix two runs'
-    checkpoints, metrics and results, and rewrite its config.yaml as if it were one."""
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.exists():
-        return
-    saved, current = run_identity(OmegaConf.load(saved_path)), run_identity(cfg)
-    # keys only one side has come from another version of lifelong: they are not compared
-    changed = sorted(key for key in saved.keys() & current.keys() if saved[key] != current[key])
-    if changed:
-        key = changed[0]
-        others = f"; {', '.join(changed[1:])} differ too" if changed[1:] else ""
-        raise ConfigError(key, current[key], f"{saved[key]!r}, the value {run_dir} was started with "
-                          f"(a run dir holds one run: give a new run another hydra.run.dir{others})")
 
 
 def stage_batches(blocks: torch.Tensor, steps: int, batch_size: int, seed: int) -> torch.Tensor:

@@ -9,7 +9,15 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from lifelong.config import CONF_DIR, ConfigError, TrainConfig, compose_train_config, validate_command_line
+from lifelong.config import (
+    CONF_DIR,
+    RELAUNCH_MAY_CHANGE,
+    ConfigError,
+    TrainConfig,
+    compose,
+    compose_train_config,
+    validate_command_line,
+)
 from tests.conftest import REPO
 
 GROUPS = ["model", "data", "method", "tgl", "trainer", "logger", "experiment", "cluster", "hydra/launcher"]
@@ -147,6 +155,43 @@ def test_hydras_config_flags_are_honoured(tmp_path):
         assert validate_command_line([*flags, "experiment=mine"]) == 1, flags
         with pytest.raises(ConfigError, match="trainer.lr"):  # the extra directory's configs are checked too
             validate_command_line([*flags, "experiment=bad"])
+
+
+def test_a_preset_in_multirun_mode_has_its_sweep_checked(tmp_path):
+    """hydra.mode=MULTIRUN in a preset sweeps without -m: every job is checked before the first runs."""
+    (tmp_path / "experiment").mkdir()
+    for name, lrs in (("good", "1e-3,2e-3"), ("bad", "1e-3,-1")):
+        (tmp_path / "experiment" / f"{name}.yaml").write_text(
+            f"# @package _global_\nhydra:\n  mode: MULTIRUN\n  sweeper:\n    params:\n      trainer.lr: {lrs}\n")
+    assert validate_command_line(["-cd", str(tmp_path), "experiment=good"]) == 2
+    with pytest.raises(ConfigError, match=r"trainer\.lr=-1"):
+        validate_command_line(["-cd", str(tmp_path), "experiment=bad"])
+
+
+def started(run_dir, overrides: list[str]) -> None:
+    """A run dir as train() leaves it once started under `overrides`."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(compose_train_config(overrides))))
+
+
+def test_a_run_dir_holding_another_run_is_refused_before_launch(tmp_path):
+    """Before Hydra writes the job's .hydra/ files into it, and before a sweep's jobs are submitted."""
+    run_dir, sweep_dir = tmp_path / "run", tmp_path / "sweep"
+    started(run_dir, ["trainer.lr=0.002"])
+    with pytest.raises(ConfigError, match=r"trainer\.lr=0\.01.*0\.002, the value .*run was started with"):
+        validate_command_line([f"hydra.run.dir={run_dir}", "trainer.lr=0.01"])
+    # a sweep's second job (its run dir: hydra.sweep.dir / <job number>_<overrides>) was started otherwise
+    started(sweep_dir / "1_seed=1", ["seed=1", "trainer.lr=0.5"])
+    with pytest.raises(ConfigError, match=r"trainer\.lr=.*0\.5, the value .*1_seed=1 was started with"):
+        validate_command_line(["-m", f"hydra.sweep.dir={sweep_dir}", "seed=0,1"])
+    # what a relaunch may change (more time, another partition) names the same run dirs and passes
+    started(sweep_dir / "0_seed=0", ["seed=0"])
+    relaunch = ["cluster.timeout_min=240", "cluster.partition=long", "trainer.progress=false"]
+    assert validate_command_line([f"hydra.run.dir={run_dir}", "trainer.lr=0.002", *relaunch]) == 1
+    assert validate_command_line(["-m", f"hydra.sweep.dir={sweep_dir}", "seed=0", *relaunch]) == 1
+    composed = compose(["seed=3", *relaunch])
+    assert composed.hydra.job.override_dirname == "seed=3"
+    assert set(RELAUNCH_MAY_CHANGE) - {"run_dir"} <= set(composed.hydra.job.config.override_dirname.exclude_keys)
 
 
 def test_every_yaml_starts_with_its_command():
