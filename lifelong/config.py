@@ -174,10 +174,18 @@ class JsonlDataConfig:
         from lifelong.data.jsonl import stage_dirs
 
         root = Path(self.path)
-        return len(stage_dirs(root)) if root.is_dir() else None
+        if not root.is_dir():
+            return None
+        count = len(stage_dirs(root))
+        require(count > 0, "data.path", self.path, "a directory with one sub-directory per stage (it has none)")
+        return count
 
     def input_paths(self) -> dict[str, list[str]]:
-        return {"data.path": [self.path]}
+        from lifelong.data.jsonl import stage_dirs
+
+        root = Path(self.path)
+        stages = stage_dirs(root) if root.is_dir() else []
+        return {"data.path": [self.path, *(str(stage / "train.jsonl") for stage in stages)]}
 
     def build(self):
         from lifelong.data.jsonl import load_stream
@@ -740,3 +748,6 @@ def check_input_paths(cfg: TrainConfig) -> None:
             if not Path(value).exists():
                 raise ConfigError(key, value, "an existing local path (nothing is downloaded: copy the files to "
                                   f"this machine, or change {key})")
+    if cfg.model.path and not (Path(cfg.model.path) / "config.json").is_file():
+        raise ConfigError("model.path", cfg.model.path, "a HF model directory, as save_pretrained writes it (this "
+                          "one has no config.json)")

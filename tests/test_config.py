@@ -22,7 +22,7 @@ from tests.conftest import REPO
 
 GROUPS = ["model", "data", "method", "tgl", "trainer", "logger", "experiment", "cluster", "hydra/launcher"]
 FIXTURES = REPO / "tests" / "fixtures"
-MODEL_DIR = FIXTURES  # paths are checked for existence only: any existing directory stands in for a model
+MODEL_DIR = FIXTURES / "local_model"  # validation reads a model's config.json only, not its weights
 # options that need more than themselves: what a user must add
 REQUIRED = {
     ("model", "local"): [f"model.path={MODEL_DIR}"],
@@ -92,6 +92,9 @@ def test_a_presets_sweeper_params_are_validated_too():
         (["data=templama", f"data.files=[{FIXTURES / 'templama' / 'test.json'},/absent/t.json]"], "data.files",
          "/absent/t.json"),
         (["model=local", "model.path=gpt2"], "model.path", "or change model.path"),  # a hub id, offline
+        (["model=local", f"model.path={FIXTURES}"], "model.path", "has no config.json"),  # the parent dir, say
+        (["data=jsonl", f"data.path={FIXTURES / 'jsonl' / '2019'}"], "data.path", "one sub-directory per stage"),
+        (["data=jsonl", f"data.path={FIXTURES}"], "data.path", f"{FIXTURES / 'ecbd' / 'train.jsonl'}"),  # no stage file
         (["data.seq_len=256"], "data.seq_len", "[1, 128], the model's longest input (model.max_seq_len)"),
         (["method=lora", "method.from_stage=4"], "method.from_stage", "[0, 3]"),
         (["tgl=freeze", "data.num_stages=2", "tgl.from_stage=2"], "tgl.from_stage", "[0, 1]"),
