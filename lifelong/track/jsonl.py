@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,16 @@ class JsonlLogger:
 
 
 def read_jsonl_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The file's records. A last line cut short (the process died mid-write, so it lacks its newline)
+    is left out with a warning: a resume must not fail on it. Any other unreadable line raises."""
+    *lines, tail = path.read_text().split("\n")
+    records = [json.loads(line) for line in lines if line.strip()]
+    if tail.strip():
+        try:
+            records.append(json.loads(tail))
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}: its last line is cut short (an interrupted write) and is left out", stacklevel=2)
+    return records
 
 
 class NullLogger(JsonlLogger):
