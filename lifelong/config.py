@@ -439,6 +439,10 @@ class TrainConfig:
         stages = self.data.stage_count()
         if stages is not None:
             self.check_stage_count(stages)
+        rule = getattr(self.tgl, "rule", None)
+        if rule is not None and rule.value == "top_k" and not self.model.path:  # a local model's depth is its own
+            require(self.tgl.k < self.model.n_layer, "tgl.k", self.tgl.k, f"an integer in [1, {self.model.n_layer - 1}]"
+                    f": model.n_layer is {self.model.n_layer}, and selecting every block would localize nothing")
 
     def check_stage_count(self, num_stages: int) -> None:
         """A `from_stage` past the stream's last stage would never start LoRA / TGL: the run

@@ -96,6 +96,9 @@ def test_a_presets_sweeper_params_are_validated_too():
         (["data=jsonl", f"data.path={FIXTURES / 'jsonl' / '2019'}"], "data.path", "one sub-directory per stage"),
         (["data=jsonl", f"data.path={FIXTURES}"], "data.path", f"{FIXTURES / 'ecbd' / 'train.jsonl'}"),  # no stage file
         (["data.seq_len=256"], "data.seq_len", "[1, 128], the model's longest input (model.max_seq_len)"),
+        (["tgl=freeze", r"tgl.block_pattern=h\."], "tgl.block_pattern", "no group"),
+        (["tgl=freeze", r"tgl.block_pattern='h\.(\d+'"], "tgl.block_pattern", "not a regex"),
+        (["tgl=freeze", "tgl.rule=top_k", "tgl.k=4"], "tgl.k", "[1, 3]: model.n_layer is 4"),
         (["method=lora", "method.from_stage=4"], "method.from_stage", "[0, 3]"),
         (["tgl=freeze", "data.num_stages=2", "tgl.from_stage=2"], "tgl.from_stage", "[0, 1]"),
         (["data=jsonl", f"data.path={FIXTURES / 'jsonl'}", "method=lora_migu", "method.from_stage=2"],

@@ -9,6 +9,7 @@ by `rule`, and saves the trace as `trace_stage_<t>.json` and `.png` in the run d
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
@@ -43,6 +44,13 @@ class TGLConfig:
         require(self.trace_batches > 0, "tgl.trace_batches", self.trace_batches, "an integer > 0")
         require(self.k > 0, "tgl.k", self.k, "an integer > 0")
         require(0 < self.fraction <= 1, "tgl.fraction", self.fraction, "a float in (0, 1]")
+        if self.block_pattern is not None:
+            try:
+                problem = "it has no group" if re.compile(self.block_pattern).groups < 1 else None
+            except re.error as error:
+                problem = f"not a regex: {error}"
+            require(problem is None, "tgl.block_pattern", self.block_pattern,
+                    f"a regex whose group 1 is a block's index, e.g. 'h\\.(\\d+)\\.' ({problem})")
 
 
 class TracedLayers(Method):
