@@ -701,6 +701,10 @@ def validate_command_line(args: list[str]) -> int:
         except (HydraException, OmegaConfBaseException) as error:
             raise _explain(error, job, source) from error
         check_input_paths(cfg)
+        if hasattr(cfg.method, "check_model"):  # names of the model's modules (LoRA's targets)
+            from lifelong.models import linear_module_names
+
+            cfg.method.check_model(*linear_module_names(cfg.model))
         if run_dir is not None:
             check_same_run(run_dir, cfg)
     return len(jobs)

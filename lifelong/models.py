@@ -6,8 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig, PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
 from lifelong.config import ModelConfig, ModelFamily
 
@@ -19,7 +21,8 @@ def build_model(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
             raise FileNotFoundError(f"model.path: no HF model (config.json) in {path}")
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
     else:
-        model = AutoModelForCausalLM.from_config(_preset_config(cfg, tokenizer))
+        model = AutoModelForCausalLM.from_config(
+            _preset_config(cfg, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))
     # GPT2LMHeadModel's class name does not name its loss; say it, rather than be warned
     model.loss_type = "ForCausalLM"
     # training and scoring never read a KV cache: don't build one in every forward (the HF Trainer
@@ -28,11 +31,28 @@ def build_model(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
     return model
 
 
-def _preset_config(cfg: ModelConfig, tokenizer) -> PretrainedConfig:
+def linear_module_names(cfg: ModelConfig) -> tuple[str, dict[str, bool]]:
+    """The model's type and every module's name (-> whether it is a linear layer), from its config
+    alone: the model is built on the meta device (no weights, no memory), for checks before launch."""
+    key = repr(cfg)
+    if key not in _MODULE_NAMES:
+        hf_config = (AutoConfig.from_pretrained(cfg.path, local_files_only=True) if cfg.path
+                     else _preset_config(cfg, vocab_size=8, bos_id=None, eos_id=None))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(hf_config)
+        _MODULE_NAMES[key] = (hf_config.model_type,
+                              {name: isinstance(m, nn.Linear | Conv1D) for name, m in model.named_modules()})
+    return _MODULE_NAMES[key]
+
+
+_MODULE_NAMES: dict[str, tuple[str, dict[str, bool]]] = {}  # a sweep's jobs share a few models
+
+
+def _preset_config(cfg: ModelConfig, vocab_size: int, bos_id: int | None, eos_id: int | None) -> PretrainedConfig:
     special = {
-        "vocab_size": len(tokenizer),
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
+        "vocab_size": vocab_size,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
         # no pad id: training blocks are packed, so inputs hold no padding to warn about
     }
     if cfg.family is ModelFamily.gpt2:

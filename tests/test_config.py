@@ -96,6 +96,9 @@ def test_a_presets_sweeper_params_are_validated_too():
         (["data=jsonl", f"data.path={FIXTURES / 'jsonl' / '2019'}"], "data.path", "one sub-directory per stage"),
         (["data=jsonl", f"data.path={FIXTURES}"], "data.path", f"{FIXTURES / 'ecbd' / 'train.jsonl'}"),  # no stage file
         (["data.seq_len=256"], "data.seq_len", "[1, 128], the model's longest input (model.max_seq_len)"),
+        (["method=lora", "method.target_modules=[c_attn,foo]"], "method.target_modules", "c_attn, c_fc, c_proj"),
+        (["method=lora_migu", "model=tiny_llama", "method.target_modules=[mlp]"], "method.target_modules",
+         "down_proj, gate_proj"),  # a module, but not a linear layer
         (["tgl=freeze", r"tgl.block_pattern=h\."], "tgl.block_pattern", "no group"),
         (["tgl=freeze", r"tgl.block_pattern='h\.(\d+'"], "tgl.block_pattern", "not a regex"),
         (["tgl=freeze", "tgl.rule=top_k", "tgl.k=4"], "tgl.k", "[1, 3]: model.n_layer is 4"),

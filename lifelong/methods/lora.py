@@ -21,7 +21,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from lifelong.config import register, require
+from lifelong.config import ConfigError, register, require
 from lifelong.methods.base import Method, StageContext
 
 DEFAULT_TARGETS = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"], "gpt_neox": ["query_key_value"],
@@ -55,9 +55,7 @@ class LoRA(Method):
 
     def inject(self, model: nn.Module) -> None:
         model_type = model.config.model_type
-        targets = list(self.cfg.target_modules or DEFAULT_TARGETS.get(model_type, []))
-        if not targets:
-            raise ValueError(f"method.target_modules: no default for model type {model_type!r}; set it")
+        targets = self.cfg.targets(model_type)
         peft_config = LoraConfig(
             r=self.cfg.r, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout, target_modules=targets,
             fan_in_fan_out=model_type == "gpt2", bias="none",
@@ -90,6 +88,21 @@ class LoRAConfig:
         require(self.r > 0, "method.r", self.r, "an integer > 0")
         require(self.alpha > 0, "method.alpha", self.alpha, "a float > 0")
         require(0 <= self.dropout < 1, "method.dropout", self.dropout, "a float in [0, 1)")
+
+    def targets(self, model_type: str) -> list[str]:
+        targets = list(self.target_modules or DEFAULT_TARGETS.get(model_type, []))
+        require(bool(targets), "method.target_modules", self.target_modules,
+                f"module names to adapt: model type {model_type!r} has no default")
+        return targets
+
+    def check_model(self, model_type: str, modules: dict[str, bool]) -> None:
+        """Before launch: every target names a linear layer, as peft matches it (the name or its end)."""
+        for target in self.targets(model_type):
+            matched = [name for name in modules if name == target or name.endswith("." + target)]
+            if not matched or not all(modules[name] for name in matched):
+                linear = sorted({name.rpartition(".")[2] for name, is_linear in modules.items() if is_linear})
+                raise ConfigError("method.target_modules", target, f"names of the model's linear layers: "
+                                  f"{', '.join(linear)}")
 
     def build(self) -> Method:
         return LoRA(self)
