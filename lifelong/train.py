@@ -217,7 +217,9 @@ def train(cfg: TrainConfig) -> dict:
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-        (run_dir / "run_info.json").write_text(json.dumps(run_info(), indent=2))
+        # each launch's code and environment; a resume (a requeue, maybe of other code) keeps the first's
+        info = f"run_info_resume_{resume['global_step']:08d}.json" if resume else "run_info.json"
+        (run_dir / info).write_text(json.dumps(run_info(), indent=2))
         keep_metrics_until(run_dir / "metrics.jsonl", resume["global_step"] if resume else 0)
 
     stream = cfg.data.build()

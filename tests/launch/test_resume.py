@@ -67,7 +67,11 @@ def test_sigkill_mid_stage_then_restart_gives_the_same_losses(tmp_path, referenc
     state = load_latest_checkpoint(run_dir)
     assert state is not None and state["stage"] == 0 and 0 < state["step"] < 40  # mid-stage
     assert not (run_dir / "results.json").exists()
+    first_launch = (run_dir / "run_info.json").read_text()
     assert_resumes_to_reference(run_dir, reference)
+    # the first launch's record stays; the resume's has its own, named by the step it resumed at
+    assert (run_dir / "run_info.json").read_text() == first_launch
+    assert (run_dir / f"run_info_resume_{state['global_step']:08d}.json").exists()
 
 
 def test_sigusr2_checkpoints_then_exits_and_the_run_resumes(tmp_path, reference):
