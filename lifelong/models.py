@@ -31,6 +31,9 @@ def build_model(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
     return model
 
 
+_MODULE_NAMES: dict[str, tuple[str, dict[str, bool]]] = {}  # a sweep's jobs share a few models
+
+
 def linear_module_names(cfg: ModelConfig) -> tuple[str, dict[str, bool]]:
     """The model's type and every module's name (-> whether it is a linear layer), from its config
     alone: the model is built on the meta device (no weights, no memory), for checks before launch."""
@@ -43,9 +46,6 @@ def linear_module_names(cfg: ModelConfig) -> tuple[str, dict[str, bool]]:
         _MODULE_NAMES[key] = (hf_config.model_type,
                               {name: isinstance(m, nn.Linear | Conv1D) for name, m in model.named_modules()})
     return _MODULE_NAMES[key]
-
-
-_MODULE_NAMES: dict[str, tuple[str, dict[str, bool]]] = {}  # a sweep's jobs share a few models
 
 
 def _preset_config(cfg: ModelConfig, vocab_size: int, bos_id: int | None, eos_id: int | None) -> PretrainedConfig:

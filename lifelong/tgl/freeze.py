@@ -1,6 +1,6 @@
 """`tgl=freeze` (TGL + FP): of the transformer blocks, train only the selected ones in a stage;
-the others keep their weights bit for bit. The embeddings, final norm and LM head are not blocks
-(select.py): they train unless `freeze_non_block`. Composes with any baseline: what is frozen is
+the others keep their weights bit for bit. Rows that are not blocks (embeddings, final norm, LM
+head, `other`; select.py) train unless `freeze_non_block`. Composes with any baseline: what is frozen is
 taken from what the baseline trains (under LoRA, the adapters of non-selected layers; under MIGU,
 masks apply inside the selected layers). The frozen parameters are released at the stage's end."""
 
@@ -42,7 +42,7 @@ class Freeze(TracedLayers):
 @dataclass
 class FreezeConfig(TGLConfig):
     name: str = "freeze"
-    freeze_non_block: bool = False  # true: the embeddings, final norm and LM head are frozen too
+    freeze_non_block: bool = False  # true: the rows that are not blocks (embeddings, final norm, ...) freeze too
 
     def build(self) -> Method:
         return Freeze(self)
