@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 
 from lifelong.config import ConfigError, register, require
@@ -96,9 +97,10 @@ class LoRAConfig:
         return targets
 
     def check_model(self, model_type: str, modules: dict[str, bool]) -> None:
-        """Before launch: every target names a linear layer, as peft matches it (the name or its end)."""
+        """Before launch: every target names a linear layer, matched as peft's injection will match it."""
         for target in self.targets(model_type):
-            matched = [name for name in modules if name == target or name.endswith("." + target)]
+            single = LoraConfig(target_modules=[target])
+            matched = [name for name in modules if check_target_module_exists(single, name)]
             if not matched or not all(modules[name] for name in matched):
                 linear = sorted({name.rpartition(".")[2] for name, is_linear in modules.items() if is_linear})
                 raise ConfigError("method.target_modules", target, f"names of the model's linear layers: "
