@@ -731,6 +731,11 @@ def run_identity(cfg: DictConfig | TrainConfig) -> dict[str, Any]:
             if not any(key == k or key.startswith(k + ".") for k in RELAUNCH_MAY_CHANGE)}
 
 
+def save_run_config(run_dir: Path, cfg: TrainConfig) -> None:
+    """The run's resolved config, as `config.yaml` in its run dir: what check_same_run compares."""
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
 def check_same_run(run_dir: Path, cfg: TrainConfig) -> None:
     """A run dir holds one run: resuming or reusing it under another config would mix two runs'
     checkpoints, metrics and results, and rewrite its config.yaml as if it were one."""

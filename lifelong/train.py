@@ -24,7 +24,7 @@ import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -40,6 +40,7 @@ from lifelong.config import (
     TrainConfig,
     TrainerConfig,
     check_same_run,
+    save_run_config,
     to_train_config,
 )
 from lifelong.data import corpus
@@ -216,7 +217,7 @@ def train(cfg: TrainConfig) -> dict:
         print(f"Resuming {run_dir} at stage {resume['stage']}, step {resume['step']}", flush=True)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        save_run_config(run_dir, cfg)
         # each launch's code and environment; a resume (a requeue, maybe of other code) keeps the first's
         info = f"run_info_resume_{resume['global_step']:08d}.json" if resume else "run_info.json"
         (run_dir / info).write_text(json.dumps(run_info(), indent=2))

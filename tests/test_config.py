@@ -16,6 +16,7 @@ from lifelong.config import (
     TrainConfig,
     compose,
     compose_train_config,
+    save_run_config,
     validate_command_line,
 )
 from tests.conftest import REPO
@@ -180,7 +181,7 @@ def test_a_preset_in_multirun_mode_has_its_sweep_checked(tmp_path):
 def started(run_dir, overrides: list[str]) -> None:
     """A run dir as train() leaves it once started under `overrides`."""
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(compose_train_config(overrides))))
+    save_run_config(run_dir, compose_train_config(overrides))
 
 
 def test_a_run_dir_holding_another_run_is_refused_before_launch(tmp_path):
