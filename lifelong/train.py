@@ -217,10 +217,6 @@ def train(cfg: TrainConfig) -> dict:
         print(f"Resuming {run_dir} at stage {resume['stage']}, step {resume['step']}", flush=True)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_run_config(run_dir, cfg)
-        # each launch's code and environment; a resume (a requeue, maybe of other code) keeps the first's
-        info = f"run_info_resume_{resume['global_step']:08d}.json" if resume else "run_info.json"
-        (run_dir / info).write_text(json.dumps(run_info(), indent=2))
         keep_metrics_until(run_dir / "metrics.jsonl", resume["global_step"] if resume else 0)
 
     stream = cfg.data.build()
@@ -243,6 +239,12 @@ def train(cfg: TrainConfig) -> dict:
         {name: encode_probes(tokenizer, stage.probes.get(name, []), seq_len) for name in PROBE_SETS}
         for stage in stream.stages
     ]
+    if env.is_main:  # the run starts here: a job that failed to load its data or model claims no run dir
+        save_run_config(run_dir, cfg)
+        # each launch's code and environment; a resume (a requeue, maybe of other code) keeps the first's
+        info = f"run_info_resume_{resume['global_step']:08d}.json" if resume else "run_info.json"
+        (run_dir / info).write_text(json.dumps(run_info(), indent=2))
+
     num_stages = len(stream.stages)
     accuracy_keys = [f"{n}/{m}" for n in PROBE_SETS for m in ("exact_match", "top_k")] if stream.accuracy_top_k else []
     matrices = resume["matrices"] if resume else {n: [[None] * num_stages for _ in range(num_stages)]

@@ -18,6 +18,7 @@ from lifelong.launch.checkpoint import checkpoint_dir  # noqa: E402
 from lifelong.track.jsonl import read_jsonl_metrics  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 def pytest_configure(config: pytest.Config) -> None:

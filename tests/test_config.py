@@ -19,10 +19,9 @@ from lifelong.config import (
     save_run_config,
     validate_command_line,
 )
-from tests.conftest import REPO
+from tests.conftest import FIXTURES, REPO
 
 GROUPS = ["model", "data", "method", "tgl", "trainer", "logger", "experiment", "cluster", "hydra/launcher"]
-FIXTURES = REPO / "tests" / "fixtures"
 MODEL_DIR = FIXTURES / "local_model"  # validation reads a model's config.json only, not its weights
 # options that need more than themselves: what a user must add
 REQUIRED = {

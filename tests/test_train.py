@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -11,10 +12,11 @@ import pytest
 import torch
 
 from lifelong.config import ConfigError
+from lifelong.data.corpus import CorpusFormatError
 from lifelong.data.stream import PROBE_SETS
 from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.train import train
-from tests.conftest import REPO, make_config
+from tests.conftest import FIXTURES, REPO, make_config
 
 
 def losses(run_dir):
@@ -100,6 +102,20 @@ def test_a_run_dir_is_not_reused_under_another_config(tmp_path):
         train(make_config(tmp_path / "run", "data.num_stages=2", "trainer.lr=0.05"))
     # what does not change the computation may change, as when a requeued job is relaunched
     assert train(make_config(tmp_path / "run", "data.num_stages=2", "trainer.progress=true")) == first
+
+
+def test_a_job_that_fails_to_load_its_data_leaves_its_run_dir_free(tmp_path):
+    """The run starts once its data and model are loaded: mending the data path and relaunching
+    into the same run dir is not refused as another run."""
+    bad, good = tmp_path / "bad", tmp_path / "good"
+    shutil.copytree(FIXTURES / "jsonl", good)
+    shutil.copytree(FIXTURES / "jsonl", bad)
+    (bad / "2020" / "train.jsonl").write_text('{"title": "no text"}\n')
+    with pytest.raises(CorpusFormatError, match="bad/2020/train.jsonl: no `text`"):
+        train(make_config(tmp_path / "run", "data=jsonl", f"data.path={bad}", "data.seq_len=16"))
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    results = train(make_config(tmp_path / "run", "data=jsonl", f"data.path={good}", "data.seq_len=16"))
+    assert results["stages"] == ["2019", "2020"]
 
 
 def test_the_logged_lr_is_the_one_the_step_used(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +13,7 @@ from lifelong.data.ecbd import load_ecbd
 from lifelong.data.jsonl import DataFormatError
 from lifelong.data.templama import load_templama
 from lifelong.data.temporalwiki import load_temporalwiki
-
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+from tests.conftest import FIXTURES
 
 
 def test_temporalwiki_stages_probes_and_spans(tmp_path):
