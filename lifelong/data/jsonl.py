@@ -1,7 +1,7 @@
 """Bring your own stream: a directory of per-stage jsonl files.
 
     DIR/
-      <stage name>/                # stages are read in sorted name order
+      <stage name>/                # stages are read in natural name order: s2 before s10
         train.jsonl                # {"text": "..."} per line; read through datasets' Arrow cache
         probes_changed.jsonl       # {"text": "...", "target": "..."} per line; probes are optional
         probes_unchanged.jsonl     #   `target` (optional) is the scored span: its last occurrence
@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from lifelong.data.stream import PROBE_SETS, Probe, Stage, Stream, TextFiles
@@ -60,9 +61,16 @@ def _probes(path: Path) -> list[Probe]:
     return [probe_from_record(r, f"{path}:{number}") for number, r in numbered_jsonl(path, ("text",))]
 
 
+def natural_key(name: str) -> tuple[str | int, ...]:
+    """Sorts digit runs by their number, so `s2` comes before `s10` (and `2019-05` before `2019-11`,
+    as a plain sort already does). Split on a captured group, text and numbers alternate, so two
+    keys compare text with text and numbers with numbers."""
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name)))
+
+
 def stage_dirs(root: Path) -> list[Path]:
-    """A stream's stages: the sub-directories of its root, in name order."""
-    return sorted(p for p in root.iterdir() if p.is_dir())
+    """A stream's stages: the sub-directories of its root, in natural name order."""
+    return sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: (natural_key(p.name), p.name))
 
 
 def load_stream(root: Path, cache_dir: str | None = None) -> Stream:

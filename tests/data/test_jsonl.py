@@ -7,7 +7,7 @@ import json
 import pytest
 
 from lifelong.data.corpus import load_corpus
-from lifelong.data.jsonl import DataFormatError, load_stream
+from lifelong.data.jsonl import DataFormatError, load_stream, stage_dirs
 
 
 def write(path, records):
@@ -28,6 +28,13 @@ def test_loads_stages_in_order_with_probes(tmp_path):
     changed = second.probes["changed"][0]
     assert changed.text[slice(*changed.span)] == "Oslo"
     assert second.probes["new"][0].span == (0, len("Bo was born."))
+
+
+def test_stages_are_read_in_natural_name_order(tmp_path):
+    names = ["s10", "s2", "s1", "2019-11", "2019-05", "s02"]
+    for name in names:
+        (tmp_path / name).mkdir()
+    assert [p.name for p in stage_dirs(tmp_path)] == ["2019-05", "2019-11", "s1", "s02", "s2", "s10"]
 
 
 def test_malformed_probe_line_names_file_and_line(tmp_path):
