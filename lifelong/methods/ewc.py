@@ -2,7 +2,8 @@
 stages, weighted by the diagonal Fisher information.
 
 After each stage: F = mean over `fisher_samples` sequences of the stage of (d loss_seq / d theta)^2
-(per-sequence gradients, the empirical Fisher), all-reduced (averaged) across ranks under DDP.
+(per-sequence gradients, the empirical Fisher); under DDP the ranks share the sequences and
+sum their parts.
 Penalty: lambda/2 * sum_k sum_i F_k,i (theta_i - theta*_k,i)^2 over the finished stages k
 (ContinualLM uses lambda = 5000). Online EWC keeps one Fisher, F <- gamma F + F_new, and one
 anchor (the latest parameters).
@@ -33,12 +34,17 @@ def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def empirical_fisher(model: nn.Module, blocks: torch.Tensor, samples: int, device: torch.device) -> dict:
-    """Mean of squared per-sequence gradients of the LM loss over the first `samples` blocks."""
+    """Mean of squared per-sequence gradients of the LM loss over the first `samples` blocks. Under
+    DDP each rank takes every world_size-th of them and the sums are all-reduced: one process's
+    Fisher (up to the order of float sums) at a world_size-th of the work per rank."""
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    count = min(samples, len(blocks))
     params = trainable(model)
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
     was_training = model.training
     model.eval()  # no dropout: the Fisher of the model as it is
-    inputs, targets = lm_inputs(blocks[:samples], device)
+    inputs, targets = lm_inputs(blocks[rank:count:world_size], device)
     for ids, labels in zip(inputs, targets, strict=True):
         model.zero_grad(set_to_none=True)
         model(input_ids=ids[None], labels=labels[None]).loss.backward()
@@ -48,9 +54,9 @@ def empirical_fisher(model: nn.Module, blocks: torch.Tensor, samples: int, devic
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     for value in fisher.values():
-        value /= len(inputs)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(value, op=dist.ReduceOp.AVG)
+        if distributed:
+            dist.all_reduce(value)
+        value /= count
     return fisher
 
 

@@ -33,10 +33,12 @@ def torchrun(port: int) -> list[str]:
 
 
 # MIGU averages its output sums across ranks, so its masks, too, are those of one process (with
-# skip_masked_rows as the last micro-batch's forward ends); EWC averages its Fisher; TGL traces the
-# same probes on every rank, so all ranks freeze the same layers
+# skip_masked_rows as the last micro-batch's forward ends); EWC's ranks share its Fisher's sequences
+# (3: unevenly) and sum their parts; TGL traces the same probes on every rank, so all ranks freeze
+# the same layers
 @pytest.mark.parametrize(("method", "port"), [
-    (["method=finetune"], 29517), (["method=migu"], 29521), (["method=ewc", "tgl=freeze"], 29525),
+    (["method=finetune"], 29517), (["method=migu"], 29521),
+    (["method=ewc", "method.fisher_samples=3", "tgl=freeze"], 29525),
     (["method=lora_migu"], 29529), (["method=migu", "method.skip_masked_rows=true", "trainer.grad_accum=2"], 29533)])
 def test_torchrun_two_ranks_match_one_process(tmp_path, method, port):
     single = run(tmp_path / "single", [sys.executable, "-m", "lifelong.train"], ["trainer.micro_batch_size=4", *method])
