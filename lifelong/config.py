@@ -488,7 +488,7 @@ def _reject_unknown_keys(node: DictConfig, path: str) -> None:
         fields = [f.name for f in dataclasses.fields(schema)]
         for key in node:
             if key not in fields:
-                raise ConfigError(f"{path}{key}", node[key], "one of the existing keys: " + ", ".join(fields))
+                raise ConfigError(f"{path}{key}", node[key], existing_keys_text(path.rstrip("."), ", ".join(fields)))
     for key in node:
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
@@ -572,7 +572,8 @@ def _typed(composed: DictConfig, run_dir: str | Path) -> TrainConfig:
 
 
 def _explain(error: Exception, overrides: list[str], source: ConfigSource) -> ConfigError:
-    """Turn a Hydra / OmegaConf composition error into a ConfigError naming key and allowed."""
+    """Turn a Hydra / OmegaConf composition error into a one-line ConfigError: the key, the value
+    given for it, and what is allowed (OmegaConf's message spans several lines and names no value)."""
     import re
 
     message = str(error)
@@ -580,16 +581,48 @@ def _explain(error: Exception, overrides: list[str], source: ConfigSource) -> Co
         message += "\n" + str(error.__cause__)
     option = re.search(r"Could not find '([\w/]+)/(\w+)'", message)
     if option:  # an unknown option of a group; Hydra's message lists the available ones
-        return ConfigError(option.group(1).replace("/", "."), option.group(2), message)
+        group = option.group(1).replace("/", ".")
+        available = re.search(r"Available options in '[\w/]+':\n((?:\t.*\n?)+)", message)
+        allowed = f"one of {', '.join(available.group(1).split())}" if available else _one_line(message)
+        return ConfigError(group, option.group(2), allowed)
     if f"Cannot find primary config '{source.name}'" in message:  # -cn names no config
-        return ConfigError("--config-name", source.name, "a config in the search path: " + message)
-    key = re.search(r"full_key: ([\w.]+)", message) or re.search(r"override '\+?([\w.]+)", message)
-    name = key.group(1) if key else "<overrides>"
-    return ConfigError(name, " ".join(overrides), message + _allowed_keys_hint(name, overrides, source))
+        return ConfigError("--config-name", source.name, "a config in the search path: " + _one_line(message))
+    found = re.search(r"full_key: ([\w.]+)", message) or re.search(r"override '\+?([\w.]+)", message)
+    key = found.group(1) if found else "<overrides>"
+    given = [o.partition("=")[2] if name == key else o for o in overrides  # `model.foo` of `model.foo.bar=1`
+             if (name := o.partition("=")[0].lstrip("+~")) == key or name.startswith(key + ".")]
+    quoted = re.search(r"[Vv]alue '([^']*)'", message)  # a value set by a preset, not on the command line
+    value = given[-1] if given else quoted.group(1) if quoted else " ".join(overrides)
+    return ConfigError(key, value, _allowed(message, key, overrides, source))
 
 
-def _allowed_keys_hint(key: str, overrides: list[str], source: ConfigSource) -> str:
-    """For an unknown key, list the keys its parent node does have."""
+def _allowed(message: str, key: str, overrides: list[str], source: ConfigSource) -> str:
+    """What OmegaConf's message says a key allows, in the words of the schemas' own checks."""
+    import re
+
+    if choices := re.search(r"expected one of \[(.*?)\]", message):
+        return f"one of {choices.group(1)}"
+    if kind := re.search(r"could not be converted to (\w+)", message):
+        return {"Integer": "an integer", "Float": "a float"}.get(kind.group(1), kind.group(1))
+    if "is not a valid bool" in message:
+        return "a boolean (true or false)"
+    keys = _existing_keys(key, overrides, source)
+    return existing_keys_text(key.rpartition(".")[0], keys) if keys else _one_line(message)
+
+
+def existing_keys_text(parent: str, keys: str) -> str:
+    return f"one of the existing keys under {parent or '<root>'}: {keys}"
+
+
+def _one_line(message: str) -> str:
+    """A Hydra / OmegaConf message less its blank lines and OmegaConf's object-type lines."""
+    lines = (line.strip() for line in message.splitlines())
+    return "; ".join(line for line in lines if line and not line.startswith(("full_key:", "object_type=",
+                                                                              "reference_type=")))
+
+
+def _existing_keys(key: str, overrides: list[str], source: ConfigSource) -> str:
+    """For an unknown key, the keys its parent node does have; "" for a key that exists."""
     parent, _, _ = key.rpartition(".")
     try:
         node = compose([o for o in overrides if key not in o], source)
@@ -598,8 +631,7 @@ def _allowed_keys_hint(key: str, overrides: list[str], source: ConfigSource) -> 
     node = OmegaConf.select(node, parent) if parent else node
     if not isinstance(node, DictConfig) or key.rpartition(".")[2] in node:
         return ""
-    keys = ", ".join(str(k) for k in node if k != "hydra")
-    return f"\nAllowed keys under '{parent or '<root>'}': {keys}"
+    return ", ".join(str(k) for k in node if k != "hydra")
 
 
 def _parse_command_line(args: list[str]) -> argparse.Namespace:

@@ -75,7 +75,10 @@ def test_a_presets_sweeper_params_are_validated_too():
     ("overrides", "key", "allowed"),
     [
         (["trainer.lr=-0.1"], "trainer.lr", "> 0"),
-        (["trainer.lr=fast"], "trainer.lr", "could not be converted"),
+        (["trainer.lr=fast"], "trainer.lr", "trainer.lr='fast': allowed is a float"),
+        (["seed=abc", "trainer.lr=0.1"], "seed", "seed='abc': allowed is an integer"),  # not the whole command line
+        (["trainer.progress=maybe"], "trainer.progress", "a boolean (true or false)"),
+        (["trainer.precision=fp8"], "trainer.precision", "trainer.precision='fp8': allowed is one of fp32, bf16, fp16"),
         (["trainer.schedule=linear"], "trainer.schedule", "cosine, constant"),
         (["data.change_fraction=1.5"], "data.change_fraction", "(0, 1)"),
         (["method=sgd"], "method", "finetune"),
@@ -118,6 +121,7 @@ def test_bad_config_names_key_and_allowed(overrides, key, allowed):
         validate_command_line(overrides)
     assert error.value.key == key
     assert key in str(error.value) and allowed in str(error.value)
+    assert "\n" not in str(error.value)  # one line on the terminal
 
 
 @pytest.mark.parametrize(("arg", "expected"), [("trainer.lr=-1", "> 0"), ("foo", "missing EQUAL")])
