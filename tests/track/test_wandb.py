@@ -57,3 +57,14 @@ def test_offline_run_holds_per_layer_norms_and_a_resume_keeps_its_id(tmp_path):
     other = tmp_path / "other"
     train(make_config(other, "logger=wandb", "data.num_stages=2", "seed=1"))
     assert finished_run(run_files(other)[0])[0] != run_id
+
+
+def test_a_sweeps_runs_share_its_dirs_name_as_their_group_though_a_path_override_nests_them(tmp_path):
+    sweep_dir = tmp_path / "my_sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "multirun.yaml").write_text("hydra: {}\n")  # as Hydra's sweeper writes it before any job
+    run_dir = sweep_dir / "data.path=" / "data" / "stream,seed=0"  # the job dir of `data.path=/data/stream seed=0`
+    train(make_config(run_dir, "logger=wandb", "data.num_stages=2", "trainer.steps_per_stage=2"))
+    finished_run(run_files(run_dir)[0])
+    [run] = [r.run for r in records(run_files(run_dir)[0]) if r.WhichOneof("record_type") == "run"]
+    assert run.run_group == "my_sweep"
