@@ -725,10 +725,17 @@ def validate_command_line(args: list[str]) -> int:
         jobs, multirun = _jobs(parsed.overrides, parsed.multirun, source)
     except OverrideParseException as error:
         raise _override_error(error) from error
+    run_dirs: dict[Path, int] = {}  # run dir -> the job that runs there
     for number, job in enumerate(jobs):
         try:
             composed = compose(job, source)
             run_dir = _job_run_dir(composed, number, multirun)
+            if run_dir is not None and run_dirs.setdefault(run_dir, number) != number:
+                other = run_dirs[run_dir]
+                raise ConfigError("hydra.sweep.subdir", str(run_dir), (
+                    f"a run dir per job: jobs {other} ({' '.join(jobs[other])}) and {number} ({' '.join(job)}) "
+                    "would both run there, as they are one job or differ only in keys left out of run dir names "
+                    "(hydra.job.config.override_dirname.exclude_keys: what does not change a run's results)"))
             cfg = _typed(composed, run_dir or ".")
         except (HydraException, OmegaConfBaseException) as error:
             raise _explain(error, job, source) from error

@@ -87,6 +87,8 @@ def test_a_presets_sweeper_params_are_validated_too():
         (["model.n_head=3"], "model.n_head", "divisor"),
         (["model=local"], "model.path", "required"),
         (["-m", "seed=0,1", "trainer.lr=0.1,-1"], "trainer.lr", "> 0"),
+        (["-m", "seed=0", "trainer.num_threads=1,2"], "hydra.sweep.subdir", "jobs 0 (seed=0 trainer.num_threads=1) "
+         "and 1 (seed=0 trainer.num_threads=2) would both run there"),  # threads are left out of run dir names
         (["data=ecbd", "data.root=/absent/ecbd"], "data.root", "nothing is downloaded"),
         (["data=ecbd", f"data.root={FIXTURES / 'ecbd'}", "data.years=[2019,2031]"], "data.years",
          "2031/np_spans_test.json"),
@@ -193,12 +195,12 @@ def test_a_run_dir_holding_another_run_is_refused_before_launch(tmp_path):
     started(run_dir, ["trainer.lr=0.002"])
     with pytest.raises(ConfigError, match=r"trainer\.lr=0\.01.*0\.002, the value .*run was started with"):
         validate_command_line([f"hydra.run.dir={run_dir}", "trainer.lr=0.01"])
-    # a sweep's second job (its run dir: hydra.sweep.dir / <job number>_<overrides>) was started otherwise
-    started(sweep_dir / "1_seed=1", ["seed=1", "trainer.lr=0.5"])
-    with pytest.raises(ConfigError, match=r"trainer\.lr=.*0\.5, the value .*1_seed=1 was started with"):
+    # a sweep's second job (its run dir: hydra.sweep.dir / <its overrides>) was started otherwise
+    started(sweep_dir / "seed=1", ["seed=1", "trainer.lr=0.5"])
+    with pytest.raises(ConfigError, match=r"trainer\.lr=.*0\.5, the value .*/seed=1 was started with"):
         validate_command_line(["-m", f"hydra.sweep.dir={sweep_dir}", "seed=0,1"])
     # what a relaunch may change (more time, another partition) names the same run dirs and passes
-    started(sweep_dir / "0_seed=0", ["seed=0"])
+    started(sweep_dir / "seed=0", ["seed=0"])
     relaunch = ["cluster.timeout_min=240", "cluster.partition=long", "trainer.progress=false"]
     assert validate_command_line([f"hydra.run.dir={run_dir}", "trainer.lr=0.002", *relaunch]) == 1
     assert validate_command_line(["-m", f"hydra.sweep.dir={sweep_dir}", "seed=0", *relaunch]) == 1

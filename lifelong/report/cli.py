@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from lifelong.report.collect import collect_runs
 from lifelong.report.plots import localization_profile, stage_heatmaps
 from lifelong.report.tables import TABLES, build_table, formatted, to_latex, to_markdown
@@ -37,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs = collect_runs(args.sweep_dir)
     table = build_table(runs, args.table)
+    if table.means.columns.empty and table.finished and any(table.finished.values()):
+        print(f"--table {args.table}: no finished run of {args.sweep_dir} measured it (accuracy: streams with "
+              "accuracy_top_k only, as TempLAMA)", file=sys.stderr)
+        return 1
     if table.missing and not args.allow_missing:
         print("Missing or failed runs (use --allow-missing to report without them):", file=sys.stderr)
         for line in table.missing:
@@ -52,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         print(path.read_text())
     if "csv" in args.format:
         path = out / f"{args.table}.csv"
-        table.means.add_suffix("_mean").join(table.stds.add_suffix("_std")).to_csv(path, index_label="method / tgl")
+        seeds = pd.Series(table.finished, name="seeds")  # finished runs per row; a cell's std is NaN for one
+        csv = table.means.add_suffix("_mean").join(table.stds.add_suffix("_std")).join(seeds)
+        csv.to_csv(path, index_label="method / tgl")
         written.append(path)
     if "tex" in args.format:
         path = out / f"{args.table}.tex"

@@ -43,11 +43,15 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]]:
 
 def _job_dirs(sweep_dir: Path) -> dict[frozenset[str], list[Path]]:
     """Run dirs (those holding .hydra/overrides.yaml) by their overrides, at any depth: Hydra does not
-    escape '/' in override_dirname, so `data.root=/a/b` nests a job's dir. A list, as a sweep may repeat a job."""
+    escape '/' in override_dirname, so `data.root=/a/b` nests a job's dir. A list, finished dirs first:
+    a sweep of an older version (run dirs named `<job number>_<overrides>`) relaunched with more jobs
+    numbered them anew and left a job's unfinished dir beside its finished one."""
     found: dict[frozenset[str], list[Path]] = {}
     for overrides_file in sorted(sweep_dir.rglob(".hydra/overrides.yaml")):
         overrides = frozenset(yaml.safe_load(overrides_file.read_text()))
         found.setdefault(overrides, []).append(overrides_file.parent.parent)
+    for directories in found.values():
+        directories.sort(key=lambda directory: not (directory / "results.json").exists())  # stable
     return found
 
 
@@ -87,6 +91,11 @@ def collect_runs(sweep_dir: Path) -> list[Run]:
                 run.grad_norms[key.removeprefix("grad_norm/")] = sum(values) / len(values)
             run.traces = [json.loads(p.read_text()) for p in sorted(directory.glob("trace_stage_*.json"))]
         runs.append(run)
+    for run in runs:  # a second finished run of a job would be dropped unseen
+        extra = [d for d in directories.get(frozenset(run.overrides), []) if (d / "results.json").exists()]
+        if extra:
+            raise ValueError(f"two finished runs of one job: {run.directory} and {extra[0]} (a job's run dir "
+                             "copied, or an older sweep's; move the one not to report)")
     return runs
 
 

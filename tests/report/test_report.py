@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from lifelong.report.cli import main as report
-from lifelong.report.collect import Run, collect_runs
+from lifelong.report.collect import Run, collect_runs, group_runs
 from lifelong.report.plots import _mean_matrix
 from tests.conftest import REPO
 
@@ -45,19 +45,16 @@ def twiki_sweep(tmp_path_factory):
                      "trainer.lr=1e-4,1e-2", "seed=0,1")
 
 
-def results_of(sweep_dir):
-    out = {}
-    for path in sweep_dir.glob("*/results.json"):
-        overrides = dict(o.split("=") for o in path.parent.name.split("_", 1)[1].split(","))
-        out.setdefault((overrides["method"], overrides["tgl"]), []).append(json.loads(path.read_text()))
-    return out
+def overrides_of(run_dir):
+    return dict(o.split("=", 1) for o in yaml.safe_load((run_dir / ".hydra/overrides.yaml").read_text()))
 
 
-def results_by_lr(sweep_dir):
+def results_by(sweep_dir, *keys):
+    """Each run's results.json by the values of its overrides `keys`."""
     out = {}
     for path in sweep_dir.rglob("results.json"):
-        overrides = dict(o.split("=", 1) for o in yaml.safe_load((path.parent / ".hydra/overrides.yaml").read_text()))
-        out.setdefault(overrides["trainer.lr"], []).append(json.loads(path.read_text()))
+        overrides = overrides_of(path.parent)
+        out.setdefault(tuple(overrides[key] for key in keys), []).append(json.loads(path.read_text()))
     return out
 
 
@@ -66,12 +63,13 @@ def test_table_rows_columns_and_mean_std(sweep, tmp_path):
     table = pd.read_csv(tmp_path / "main.csv", index_col=0)
     assert sorted(table.index) == ["ewc / freeze", "ewc / none", "finetune / freeze", "finetune / none"]
     assert list(table.columns) == [f"{c}_{s}" for s in ("mean", "std")
-                                   for c in ("changed", "unchanged", "new", "forgetting", "avg")]
-    for (method, tgl), runs in results_of(sweep).items():
-        assert len(runs) == 2
+                                   for c in ("changed", "unchanged", "new", "forgetting", "fuar", "avg")] + ["seeds"]
+    for (method, tgl), runs in results_by(sweep, "method", "tgl").items():
+        assert len(runs) == 2 and table.loc[f"{method} / {tgl}", "seeds"] == 2
         changed = [r["probe_sets"]["changed"]["final"] for r in runs]
         assert table.loc[f"{method} / {tgl}", "changed_mean"] == pytest.approx(mean(changed))
         assert table.loc[f"{method} / {tgl}", "changed_std"] == pytest.approx(stdev(changed))
+        assert table.loc[f"{method} / {tgl}", "fuar_mean"] == pytest.approx(mean(r["fuar"] for r in runs))
         finals = [mean(r["probe_sets"][n]["final"] for n in ("changed", "unchanged", "new")) for r in runs]
         assert table.loc[f"{method} / {tgl}", "avg_mean"] == pytest.approx(mean(finals))
     markdown = (tmp_path / "main.md").read_text()
@@ -79,6 +77,51 @@ def test_table_rows_columns_and_mean_std(sweep, tmp_path):
     assert f"**{table.loc[best, 'new_mean']:.2f} ± {table.loc[best, 'new_std']:.2f}**" in markdown
     assert r"\textbf{" in (tmp_path / "main.tex").read_text()
     assert (tmp_path / "heatmap_ewc_freeze.png").exists() and (tmp_path / "localization_profile.png").exists()
+
+
+def test_transfer_table_marks_the_best_in_each_metrics_direction(sweep, tmp_path):
+    assert report([str(sweep), "--table", "transfer", "--out", str(tmp_path), "--format", "md,csv"]) == 0
+    table = pd.read_csv(tmp_path / "transfer.csv", index_col=0)
+    for (method, tgl), runs in results_by(sweep, "method", "tgl").items():
+        for name in ("changed", "unchanged", "new"):
+            for column, key in ((f"bwt_{name}", "backward_transfer"), (f"fwt_{name}", "forward_transfer")):
+                values = [v for r in runs if (v := r["probe_sets"][name][key]) is not None]  # None: no probes
+                cell = table.loc[f"{method} / {tgl}", f"{column}_mean"]
+                assert cell == pytest.approx(mean(values)) if values else math.isnan(cell)
+    markdown = (tmp_path / "transfer.md").read_text()
+    marked = 0
+    for column in (c.removesuffix("_mean") for c in table.columns if c.endswith("_mean")):
+        means = table[f"{column}_mean"]
+        if means.notna().any():  # a probe set a 2-stage run has at both ends
+            best = means.idxmax() if column.startswith("bwt_") else means.idxmin()  # bwt: higher is better
+            assert f"**{means[best]:.2f} ± {table.loc[best, f'{column}_std']:.2f}**" in markdown
+            marked += column.startswith("bwt_")
+    assert marked
+    assert report([str(sweep), "--table", "accuracy", "--out", str(tmp_path)]) == 1  # no TempLAMA run
+
+
+def test_one_seed_shows_its_value_without_a_spread(tmp_path):
+    sweep_dir = run_sweep(tmp_path / "sweep", "experiment=smoke", "data.num_stages=2", "trainer.steps_per_stage=1",
+                          "seed=0")
+    assert report([str(sweep_dir), "--out", str(tmp_path / "report"), "--format", "md,csv"]) == 0
+    table = pd.read_csv(tmp_path / "report" / "main.csv", index_col=0)
+    assert math.isnan(table.loc["finetune / none", "changed_std"]) and table.loc["finetune / none", "seeds"] == 1
+    row = next(line for line in (tmp_path / "report" / "main.md").read_text().splitlines()
+               if line.startswith("| finetune / none"))
+    assert "±" not in row and f"{table.loc['finetune / none', 'changed_mean']:.2f}" in row
+
+
+def test_accuracy_table_of_a_templama_sweep(tmp_path):
+    files = f"data.files=[{REPO / 'tests' / 'fixtures' / 'templama' / 'test.json'}]"
+    sweep_dir = run_sweep(tmp_path / "sweep", "experiment=smoke", "data=templama", files, "data.seq_len=32",
+                          "data.vocab_size=300", "trainer.steps_per_stage=1", "seed=0,1")
+    assert report([str(sweep_dir), "--table", "accuracy", "--out", str(tmp_path / "report"), "--format", "csv"]) == 0
+    table = pd.read_csv(tmp_path / "report" / "accuracy.csv", index_col=0)
+    [runs] = results_by(sweep_dir, "experiment").values()
+    assert "new/exact_match_mean" in table.columns and "changed/top_k_mean" in table.columns
+    for key in runs[0]["accuracy"]:  # after the last stage, mean over its stages' probe sets, then over seeds
+        finals = [mean(v for v in r["accuracy"][key][-1] if v is not None) for r in runs]
+        assert table.loc["finetune / none", f"{key}_mean"] == pytest.approx(mean(finals))
 
 
 def test_missing_run_fails_unless_allowed(sweep, tmp_path, capsys):
@@ -89,7 +132,7 @@ def test_missing_run_fails_unless_allowed(sweep, tmp_path, capsys):
     assert report([str(broken), "--out", str(tmp_path / "a")]) == 1
     assert victim.parent.name in capsys.readouterr().err
     assert report([str(broken), "--out", str(tmp_path / "b"), "--allow-missing"]) == 0
-    tgl = dict(o.split("=") for o in victim.parent.name.split("_", 1)[1].split(","))["tgl"]
+    tgl = overrides_of(victim.parent)["tgl"]
     markdown = (tmp_path / "b" / "main.md").read_text()
     row = next(line for line in markdown.splitlines() if line.startswith(f"| ewc / {tgl} "))
     assert "(incomplete)" in row
@@ -124,7 +167,7 @@ def test_job_dirs_nested_by_a_path_override_are_found(twiki_sweep, tmp_path):
 def test_an_empty_probe_set_is_na_and_left_out_of_avg(twiki_sweep, tmp_path):
     assert report([str(twiki_sweep), "--out", str(tmp_path), "--format", "md,csv"]) == 0
     table = pd.read_csv(tmp_path / "main.csv", index_col=0)
-    for lr, runs in results_by_lr(twiki_sweep).items():
+    for (lr,), runs in results_by(twiki_sweep, "trainer.lr").items():
         assert all(r["probe_sets"]["new"]["final"] is None for r in runs)
         finals = [mean(r["probe_sets"][n]["final"] for n in ("changed", "unchanged")) for r in runs]
         assert table.loc[f"finetune / none (trainer.lr={lr})", "avg_mean"] == pytest.approx(mean(finals))
@@ -135,24 +178,63 @@ def test_an_empty_probe_set_is_na_and_left_out_of_avg(twiki_sweep, tmp_path):
 def test_runs_differing_in_more_than_the_seed_get_rows_of_their_own(twiki_sweep, tmp_path):
     assert report([str(twiki_sweep), "--out", str(tmp_path), "--format", "csv"]) == 0
     table = pd.read_csv(tmp_path / "main.csv", index_col=0)
-    by_lr = results_by_lr(twiki_sweep)
-    assert sorted(by_lr) == ["0.0001", "0.01"]
+    by_lr = results_by(twiki_sweep, "trainer.lr")
+    assert sorted(by_lr) == [("0.0001",), ("0.01",)]
     assert sorted(table.index) == ["finetune / none (trainer.lr=0.0001)", "finetune / none (trainer.lr=0.01)"]
-    for lr, runs in by_lr.items():
+    for (lr,), runs in by_lr.items():
         assert len(runs) == 2
         changed = [r["probe_sets"]["changed"]["final"] for r in runs]
         assert table.loc[f"finetune / none (trainer.lr={lr})", "changed_mean"] == pytest.approx(mean(changed))
         assert table.loc[f"finetune / none (trainer.lr={lr})", "changed_std"] == pytest.approx(stdev(changed))
 
 
-def test_two_runs_with_the_same_overrides_and_seed_are_an_error(tmp_path):
+def test_a_sweep_relaunched_with_one_more_seed_finds_its_run_dirs(tmp_path):
+    """Run dirs are named by their overrides, not the job number: seed=1 is job 0 of the first launch
+    and job 1 of the second, which trains seed 0 only."""
+    common = ["experiment=smoke", "data.num_stages=2", "trainer.steps_per_stage=1"]
+    sweep_dir = run_sweep(tmp_path / "sweep", *common, "seed=1")
+    [first] = sweep_dir.glob("*/results.json")
+    finished = first.stat().st_mtime_ns
+    run_sweep(sweep_dir, *common, "seed=0,1")
+    assert sorted(overrides_of(p.parent)["seed"] for p in sweep_dir.glob("*/results.json")) == ["0", "1"]
+    assert first.stat().st_mtime_ns == finished  # not trained again
+    assert report([str(sweep_dir), "--out", str(tmp_path / "report"), "--format", "csv"]) == 0
+
+
+def test_one_job_twice_is_refused_before_launch_and_a_copied_run_dir_by_the_report(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lifelong.train", "-m", "experiment=smoke", "seed=0,0",
+                           f"hydra.sweep.dir={tmp_path / 'twice'}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "hydra.sweep.subdir" in done.stderr and "jobs 0 (" in done.stderr
+    assert not (tmp_path / "twice").exists()
     sweep_dir = run_sweep(tmp_path / "sweep", "experiment=smoke", "data.num_stages=2", "trainer.steps_per_stage=1",
-                          "seed=0,0")
-    run_dirs = [path.parent for path in sweep_dir.glob("*/results.json")]
-    assert len(run_dirs) == 2
-    with pytest.raises(ValueError, match="two runs with seed 0") as error:
+                          "seed=0")
+    [run_dir] = [path.parent for path in sweep_dir.glob("*/results.json")]
+    shutil.copytree(run_dir, sweep_dir / "copy")
+    with pytest.raises(ValueError, match="two finished runs of one job") as error:
         report([str(sweep_dir), "--out", str(tmp_path / "report")])
-    assert all(str(directory) in str(error.value) for directory in run_dirs)
+    assert str(run_dir) in str(error.value) and str(sweep_dir / "copy") in str(error.value)
+
+
+def test_a_job_an_older_sweep_left_unfinished_beside_its_finished_dir_is_reported_finished(tmp_path):
+    """Run dirs of older versions were `<job number>_<overrides>`: relaunched with more jobs, a job got
+    a new number and dir, so one job may have an unfinished dir beside a finished one."""
+    sweep_dir = run_sweep(tmp_path / "sweep", "experiment=smoke", "data.num_stages=2", "trainer.steps_per_stage=1",
+                          "seed=0")
+    [run_dir] = [path.parent for path in sweep_dir.glob("*/results.json")]
+    unfinished = sweep_dir / f"0_{run_dir.name}"
+    shutil.copytree(run_dir, unfinished)
+    (unfinished / "results.json").unlink()
+    [run] = collect_runs(sweep_dir)
+    assert run.directory == run_dir and run.results is not None
+
+
+def test_two_runs_of_one_row_with_the_same_seed_are_an_error(tmp_path):
+    """As a sweep of an older version that listed one job twice had them (e.g. seed=0,0)."""
+    runs = [Run(tmp_path / name, ["seed=0"], "ewc", "none", 0, {}) for name in ("0_seed=0", "1_seed=0")]
+    with pytest.raises(ValueError, match="two runs with seed 0") as error:
+        group_runs(runs)
+    assert all(str(run.directory) in str(error.value) for run in runs)
 
 
 def test_every_cpu_preset_runs_a_tiny_version(tmp_path):
