@@ -19,7 +19,10 @@ def build_model(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
         path = Path(cfg.path)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"model.path: no HF model (config.json) in {path}")
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+        # fp32 master weights whatever the checkpoint's dtype (most are saved in bf16 or fp16): the
+        # optimizer would round small updates away on bf16 weights, and fp16 gradients cannot be
+        # unscaled; trainer.precision's autocast sets the compute dtype
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_config(
             _preset_config(cfg, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id))

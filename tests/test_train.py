@@ -14,6 +14,7 @@ import torch
 from lifelong.config import ConfigError
 from lifelong.data.corpus import CorpusFormatError
 from lifelong.data.stream import PROBE_SETS
+from lifelong.launch.checkpoint import load_latest_checkpoint
 from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.train import train
 from tests.conftest import FIXTURES, REPO, make_config
@@ -128,14 +129,15 @@ def test_the_logged_lr_is_the_one_the_step_used(tmp_path):
 
 
 def test_local_model_path_and_jsonl_stream(tmp_path):
-    """A model saved by one run loads from disk (model=local) and trains on a jsonl stream."""
+    """A model saved by one run loads from disk (model=local) and trains on a jsonl stream, in fp32
+    though saved in bf16, as most public checkpoints are."""
     from lifelong.data.tokens import load_tokenizer
     from lifelong.models import build_model
 
     first = make_config(tmp_path / "first")
     tokenizer = load_tokenizer(_save_tokenizer(first, tmp_path))
     model = build_model(first.model, tokenizer)
-    model.save_pretrained(tmp_path / "model")
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     for stage, fact in enumerate(["Ana lives in Rome.", "Ana lives in Oslo."]):
         directory = tmp_path / "stream" / f"s{stage}"
@@ -147,6 +149,8 @@ def test_local_model_path_and_jsonl_stream(tmp_path):
     results = train(cfg)
     assert results["stages"] == ["s0", "s1"]
     assert math.isfinite(results["probe_sets"]["changed"]["matrix"][1][1])
+    trained = load_latest_checkpoint(tmp_path / "run")["model"]
+    assert {value.dtype for value in trained.values() if value.is_floating_point()} == {torch.float32}
 
 
 def _save_tokenizer(cfg, tmp_path):
