@@ -165,12 +165,18 @@ def format_row(stage: int, row: list[dict[str, float | None]]) -> str:
     return "\n".join(lines)
 
 
-def check_resumable(run_dir: Path, state: dict) -> None:
-    """A ValueError naming what the latest checkpoint lacks, if it lacks anything a resume reads."""
+def check_resumable(run_dir: Path, state: dict, world_size: int) -> None:
+    """A ValueError naming what the latest checkpoint lacks, if it lacks anything a resume reads, or
+    if another number of processes wrote it: the ranks share the global batch, so it would change."""
     missing = (CHECKPOINT_KEYS | (MID_STAGE_KEYS if state.get("step") else set())) - state.keys()
     if missing:
         raise ValueError(f"the latest checkpoint in {checkpoint_dir(run_dir)} lacks {', '.join(sorted(missing))}: an "
                          "older lifelong wrote it. Resume with that version, or move the directory away to start over")
+    started = state.get("world_size", world_size)  # checkpoints of older versions do not say
+    if started != world_size:
+        raise ValueError(f"{run_dir} was trained by {started} processes and this launch has {world_size}: they share "
+                         f"the global batch, so resume it with {started} (torchrun --nproc_per_node, or the cluster's "
+                         "tasks and nodes), or give this run another run dir")
 
 
 def checkpoint(run_dir: Path, env: DistEnv, tc: TrainerConfig, global_step: int, state: dict, model: nn.Module,
@@ -179,7 +185,7 @@ def checkpoint(run_dir: Path, env: DistEnv, tc: TrainerConfig, global_step: int,
     if env.is_main:
         save_checkpoint(run_dir, global_step, {
             **state, "global_step": global_step, "model": model.state_dict(), "rng": rng_state(),
-            "scaler": scaler.state_dict(),
+            "scaler": scaler.state_dict(), "world_size": env.world_size,
             "hooks": [h.state_dict() for h in hooks], "matrices": matrices, "initial": initial,
         }, tc.keep_checkpoints)
     if env.world_size > 1:
@@ -212,7 +218,7 @@ def train(cfg: TrainConfig) -> dict:
     autocast_dtype = AUTOCAST[cfg.trainer.precision]
     resume = load_latest_checkpoint(run_dir)
     if resume:
-        check_resumable(run_dir, resume)
+        check_resumable(run_dir, resume, env.world_size)
     if resume and env.is_main:
         print(f"Resuming {run_dir} at stage {resume['stage']}, step {resume['step']}", flush=True)
     if env.is_main:
@@ -286,7 +292,7 @@ def train(cfg: TrainConfig) -> dict:
             window_loss += resume["window_loss"].to(device)
             set_rng_state(resume["rng"])
         start_step = first_step if resuming_mid_stage else 0
-        window_start = time.perf_counter()
+        window_start, timed_from = time.perf_counter(), start_step  # a resumed window's earlier steps ran untimed
 
         for step in tqdm(range(start_step, tc.steps_per_stage), desc=f"stage {t}", initial=start_step,
                          total=tc.steps_per_stage, disable=not (tc.progress and env.is_main), leave=False,
@@ -324,10 +330,11 @@ def train(cfg: TrainConfig) -> dict:
                 # windows tile the loop: this logging call is timed in the next window, as a user pays it
                 now = time.perf_counter()
                 elapsed, window_start = now - window_start, now
+                timed_steps, timed_from = step + 1 - timed_from, step + 1
                 record = {"stage": t, "step": step + 1, "global_step": t * tc.steps_per_stage + step + 1,
                           # the schedule's rate at this step (under tgl=adaptive_lr each group scales it)
                           "lr": tc.lr * scheduler.lr_lambdas[0](step),
-                          "tokens_per_s": steps_in_window * step_batch * seq_len / elapsed}
+                          "tokens_per_s": timed_steps * step_batch * seq_len / elapsed}
                 # loss and norms stay on the device: they are written once they reach the host
                 values = torch.cat([(mean_across_ranks(window_loss) / steps_in_window).reshape(1),
                                     total_norm.reshape(1), layer_norms])
@@ -338,7 +345,8 @@ def train(cfg: TrainConfig) -> dict:
                              and step + 1 < tc.steps_per_stage):
                 metrics.flush()  # the metrics file holds every step up to the checkpoint
                 state = {"stage": t, "step": step + 1, "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "window_loss": window_loss.detach().cpu()}
+                         # each rank holds its share of the window's loss; logging reads their mean
+                         "scheduler": scheduler.state_dict(), "window_loss": mean_across_ranks(window_loss).cpu()}
                 checkpoint(run_dir, env, tc, t * tc.steps_per_stage + step + 1, state, model, hooks, matrices,
                            initial, scaler)
             if preempted:

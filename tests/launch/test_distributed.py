@@ -59,7 +59,9 @@ def worker_of_rank(agent: subprocess.Popen, rank: int) -> int:
 
 
 def test_signal_to_one_rank_checkpoints_both_and_the_run_resumes(tmp_path):
-    overrides = ["trainer.micro_batch_size=2", "trainer.steps_per_stage=100"]
+    """Ranks poll for a signal every 10 steps and log every 7: the checkpoint falls mid-window, and
+    the resumed window's loss is the mean over the ranks' shares, as uninterrupted."""
+    overrides = ["trainer.micro_batch_size=2", "trainer.steps_per_stage=100", "trainer.log_every=7"]
     reference = run(tmp_path / "reference", torchrun(29518), overrides)
     run_dir = tmp_path / "run"
     agent = subprocess.Popen([*torchrun(29519), *COMMON, *overrides, f"hydra.run.dir={run_dir}"], cwd=REPO,
@@ -73,6 +75,7 @@ def test_signal_to_one_rank_checkpoints_both_and_the_run_resumes(tmp_path):
     assert agent.returncode != 0
     state = load_latest_checkpoint(run_dir)
     assert state is not None and state["stage"] == 0 and 5 < state["step"] < 100  # stopped mid-stage
+    assert state["step"] % 7  # mid-window
     assert not (run_dir / "results.json").exists()
     # the restarted run picks the checkpoint up and logs what the uninterrupted one did
     assert run(run_dir, torchrun(29520), overrides) == pytest.approx(reference, abs=1e-6)

@@ -155,3 +155,58 @@ def test_a_signal_during_evaluation_hands_over_at_the_stage_boundary(tmp_path):
     assert done.returncode == -signal.SIGUSR2, done.stderr[-2000:]
     state = load_latest_checkpoint(tmp_path / "run")
     assert (state["stage"], state["step"]) == (1, 0)
+
+
+class HandedOver(Exception):
+    """What the handler before the trainer's does with the signal it hands over, here."""
+
+
+def test_tokens_per_s_counts_only_the_steps_timed_since_a_mid_window_resume(tmp_path, monkeypatch):
+    """A clock reading 1 s later at every reading makes a record's tokens/s the number of steps timed
+    in its window times the step's tokens. Preempted at step 6, in the window of steps 5-8, the
+    resumed run times steps 7 and 8 only."""
+    import lifelong.train
+
+    class Clock:  # train.py reads it once as a stage starts and once per record
+        readings = iter(range(1000))
+
+        @staticmethod
+        def perf_counter() -> float:
+            return float(next(Clock.readings))
+
+    polls, real_any_rank = iter(range(1, 1000)), lifelong.train.any_rank
+
+    def signalled_at_step_6(flag: bool, device) -> bool:  # a single process polls once per step
+        return next(polls) == 6 or real_any_rank(flag, device)
+
+    def previous_handler(signum, frame):
+        raise HandedOver
+
+    monkeypatch.setattr(lifelong.train, "time", Clock)
+    monkeypatch.setattr(lifelong.train, "any_rank", signalled_at_step_6)
+    previous = signal.signal(signal.SIGUSR2, previous_handler)
+    overrides = ["data.num_stages=2", "trainer.steps_per_stage=12", "trainer.log_every=4"]
+    try:
+        with pytest.raises(HandedOver):
+            train(make_config(tmp_path / "run", *overrides))
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert load_latest_checkpoint(tmp_path / "run")["step"] == 6
+    cfg = make_config(tmp_path / "run", *overrides)
+    train(cfg)
+    step_tokens = cfg.trainer.micro_batch_size * cfg.data.seq_len
+    per_step = [r["tokens_per_s"] / step_tokens for r in read_jsonl_metrics(tmp_path / "run" / "metrics.jsonl")]
+    assert per_step == [4, 2, 4, 4, 4, 4]  # steps 1-4 before the preemption; then 7-8, 9-12 and stage 1
+
+
+def test_a_run_is_not_resumed_by_another_number_of_processes(tmp_path):
+    """Checkpoints say how many processes wrote them: the ranks share the global batch."""
+    finished = tmp_path / "finished"
+    train(make_config(finished, *OVERRIDES[1:]))
+    run_dir = crashed_copy(finished, tmp_path / "run", last_step=3 * 40)
+    latest = max(checkpoint_dir(run_dir).glob("step_*.pt"))
+    state = torch.load(latest, weights_only=True)
+    assert state["world_size"] == 1
+    save_checkpoint(run_dir, state["global_step"], {**state, "world_size": 2}, keep=10)  # as 2 ranks write it
+    with pytest.raises(ValueError, match=r"trained by 2 processes and this launch has 1.*resume it with 2"):
+        train(make_config(run_dir, *OVERRIDES[1:]))
