@@ -498,15 +498,6 @@ def _reject_unknown_keys(node: DictConfig, path: str) -> None:
 # --- checking a command line before anything runs ---------------------------------------------
 
 
-def _job_overrides(args: list[str]) -> list[list[str]]:
-    """Expand sweep syntax (`a=1,2 b=x,y`) into the override list of every job."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(args)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
 @dataclass(frozen=True)
 class ConfigSource:
     """What Hydra composes: the primary config and where it searches (lifelong-train's
@@ -554,6 +545,18 @@ def compose(overrides: list[str], source: ConfigSource = ConfigSource()) -> Dict
 
     with _hydra_initialized(source):
         return hydra_compose(config_name=source.name, overrides=overrides, return_hydra_config=True)
+
+
+def job_overrides(args: list[str], source: ConfigSource | None = None) -> list[list[str]]:
+    """Expand sweep syntax (`a=1,2 b=x,y`, `tgl=glob(*)`) into the override list of every job, as
+    Hydra's basic sweeper does; a glob over a group's options needs its config search path."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with _hydra_initialized(source or ConfigSource()):
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        return [job for batch in BasicSweeper.split_arguments(parser.parse_overrides(args), None) for job in batch]
 
 
 def compose_train_config(overrides: list[str], run_dir: str = ".",
@@ -688,7 +691,7 @@ def _jobs(overrides: list[str], multirun: bool, source: ConfigSource) -> tuple[l
         given = {o.split("=")[0].lstrip("+~") for o in overrides}
         overrides = overrides + [f"{key}={value}" for key, value in (hydra.sweeper.params or {}).items()
                                  if key not in given]
-    return _job_overrides(overrides), multirun
+    return job_overrides(overrides, source), multirun
 
 
 def _job_run_dir(composed: DictConfig, number: int, multirun: bool) -> Path | None:

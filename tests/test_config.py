@@ -64,6 +64,11 @@ def test_sweep_expands_to_every_job():
     assert validate_command_line(["-m", "seed=0,1,2", "model=tiny_gpt2,tiny_llama"]) == 6
 
 
+def test_a_glob_over_a_groups_options_is_expanded_as_hydra_does():
+    assert validate_command_line(["-m", "tgl=glob(*)"]) == 3
+    assert validate_command_line(["-m", "tgl=glob(*,exclude=none)", "seed=0,1"]) == 4
+
+
 def test_a_presets_sweeper_params_are_validated_too():
     assert validate_command_line(["-m", "experiment=paper_main_cpu"]) == 7 * 3 * 3
     assert validate_command_line(["-m", "experiment=paper_main_cpu", "seed=0"]) == 7 * 3

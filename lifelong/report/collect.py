@@ -29,16 +29,13 @@ class Run:
 
 def expected_jobs(sweep_dir: Path) -> list[list[str]]:
     """The override list of every job the sweep asked for (from its multirun.yaml)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from lifelong.config import job_overrides
 
     multirun = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())
     task = multirun["hydra"]["overrides"]["task"]
     given = {override.split("=")[0].lstrip("+~") for override in task}
     params = multirun["hydra"]["sweeper"].get("params") or {}  # a preset's sweep, as BasicSweeper adds it
-    task = [f"{key}={value}" for key, value in params.items() if key not in given] + task
-    parsed = OverridesParser.create().parse_overrides(task)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    return job_overrides([f"{key}={value}" for key, value in params.items() if key not in given] + task)
 
 
 def _job_dirs(sweep_dir: Path) -> dict[frozenset[str], list[Path]]:

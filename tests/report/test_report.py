@@ -263,6 +263,8 @@ def test_expected_jobs_include_a_presets_sweeper_params(tmp_path):
         frozenset({f"method={m}", f"tgl={t}", "experiment=paper_main_cpu", "seed=0"})
         for m in ("finetune", "ewc") for t in ("none", "freeze")
     }
+    (tmp_path / "multirun.yaml").write_text("hydra:\n  overrides:\n    task: [tgl=glob(*), seed=0]\n  sweeper: {}\n")
+    assert sorted(job[0] for job in expected_jobs(tmp_path)) == ["tgl=adaptive_lr", "tgl=freeze", "tgl=none"]
 
 
 def test_heatmap_cells_average_seeds_as_the_tables_do(tmp_path):
