@@ -72,7 +72,6 @@ def test_submitit_slurm_two_job_sweep(tmp_path, slurm_cluster):
     assert len(list((tmp_path / "sweep" / ".submitit").glob("*_*/*_log.out"))) == 2
 
 
-@pytest.mark.slurm
 def release_requeued(job: str) -> None:
     """SLURM holds a requeued job back for ~2 minutes (reason BeginTime); let it start now."""
     for _ in range(600):
@@ -83,6 +82,14 @@ def release_requeued(job: str) -> None:
         time.sleep(0.05)
 
 
+def wait_for_step(metrics, global_step: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not (metrics.exists() and any(r["global_step"] >= global_step for r in read_jsonl_metrics(metrics))):
+        assert time.monotonic() < deadline, f"{metrics} never reached global step {global_step}"
+        time.sleep(0.05)
+
+
+@pytest.mark.slurm
 def test_slurm_requeue_resumes_and_finishes(tmp_path, slurm_cluster):
     sweep_dir = tmp_path / "sweep"
     process = subprocess.Popen(
@@ -110,3 +117,27 @@ def test_slurm_requeue_resumes_and_finishes(tmp_path, slurm_cluster):
     assert steps == sorted(set(steps)) and len(steps) == 3 * 60  # resumed: every step once
     logs = "".join(p.read_text() for p in (sweep_dir / ".submitit").glob("*/*_log.out"))
     assert "Resuming" in logs  # the requeued job picked up its checkpoint
+
+
+@pytest.mark.slurm
+def test_the_plain_sbatch_script_requeues_itself_before_the_time_limit_and_resumes(tmp_path, slurm_cluster):
+    """slurm/example.sbatch, its GPU settings overridden for the CPU cluster. USR2 to the job's tasks
+    is what its --signal=USR2@120 sends two minutes before the time limit."""
+    run_dir = tmp_path / "run"
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--partition=debug", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1",
+         f"--output={tmp_path}/slurm-%j.out", f"--export=ALL,VENV={sys.prefix}", str(REPO / "slurm" / "example.sbatch"),
+         "experiment=smoke", "trainer=cpu", "trainer.steps_per_stage=60", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, capture_output=True, text=True, check=True)
+    job = submitted.stdout.strip().split(";")[0]
+    wait_for_step(run_dir / "metrics.jsonl", 12)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    release_requeued(job)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "results.json").exists():
+        assert time.monotonic() < deadline, (tmp_path / f"slurm-{job}.out").read_text()[-3000:]
+        time.sleep(0.2)
+    steps = [r["global_step"] for r in read_jsonl_metrics(run_dir / "metrics.jsonl")]
+    assert steps == list(range(1, 3 * 60 + 1))  # resumed: every step once
+    log = (tmp_path / f"slurm-{job}.out").read_text()
+    assert f"requeueing job {job}" in log and "Resuming" in log
