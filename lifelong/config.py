@@ -488,7 +488,7 @@ def _reject_unknown_keys(node: DictConfig, path: str) -> None:
         fields = [f.name for f in dataclasses.fields(schema)]
         for key in node:
             if key not in fields:
-                raise ConfigError(f"{path}{key}", node[key], existing_keys_text(path.rstrip("."), ", ".join(fields)))
+                raise ConfigError(f"{path}{key}", node[key], _existing_keys_text(path.rstrip("."), ", ".join(fields)))
     for key in node:
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
@@ -610,10 +610,10 @@ def _allowed(message: str, key: str, overrides: list[str], source: ConfigSource)
     if "is not a valid bool" in message:
         return "a boolean (true or false)"
     keys = _existing_keys(key, overrides, source)
-    return existing_keys_text(key.rpartition(".")[0], keys) if keys else _one_line(message)
+    return _existing_keys_text(key.rpartition(".")[0], keys) if keys else _one_line(message)
 
 
-def existing_keys_text(parent: str, keys: str) -> str:
+def _existing_keys_text(parent: str, keys: str) -> str:
     return f"one of the existing keys under {parent or '<root>'}: {keys}"
 
 

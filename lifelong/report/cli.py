@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs = collect_runs(args.sweep_dir)
     table = build_table(runs, args.table)
-    if table.means.columns.empty and table.finished and any(table.finished.values()):
+    if table.means.columns.empty and any(table.finished.values()):
         print(f"--table {args.table}: no finished run of {args.sweep_dir} measured it (accuracy: streams with "
               "accuracy_top_k only, as TempLAMA)", file=sys.stderr)
         return 1

@@ -65,7 +65,8 @@ def run_metrics(results: dict, table: str) -> dict[str, float | None]:
         return {key: mean_of_present(matrix[-1]) for key, matrix in results.get("accuracy", {}).items()}
     finals = {name: sets[name]["final"] for name in PROBE_SETS}
     forgetting = mean_of_present([sets[name]["forgetting"] for name in PROBE_SETS])
-    return {**finals, "forgetting": forgetting, "fuar": results["fuar"], "avg": mean_of_present(list(finals.values()))}
+    fuar = results.get("fuar")  # None: nothing was updated or acquired
+    return {**finals, "forgetting": forgetting, "fuar": fuar, "avg": mean_of_present(list(finals.values()))}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
