@@ -748,8 +748,26 @@ def validate_command_line(args: list[str]) -> int:
 
             cfg.method.check_model(*linear_module_names(cfg.model))
         if run_dir is not None:
+            if multirun:
+                _check_not_numbered(run_dir, Path(composed.hydra.sweep.dir))
             check_same_run(run_dir, cfg)
     return len(jobs)
+
+
+def _check_not_numbered(run_dir: Path, sweep_dir: Path) -> None:
+    """Before run dirs were named by their overrides alone, they were `<job number>_<overrides>`: a
+    sweep of then, relaunched as it is, would train every run again in dirs of the new name."""
+    import re
+
+    if run_dir.exists() or not sweep_dir.is_dir() or not run_dir.is_relative_to(sweep_dir) or run_dir == sweep_dir:
+        return
+    name = run_dir.relative_to(sweep_dir).parts[0]
+    numbered = sorted(d for d in sweep_dir.iterdir() if re.fullmatch(rf"\d+_{re.escape(name)}", d.name))
+    if numbered:
+        raise ConfigError("hydra.sweep.dir", str(sweep_dir), (
+            f"a sweep dir whose run dirs are named by their overrides alone, not {numbered[0].name} as an older "
+            f"lifelong named them: to resume them, drop the job numbers (cd {sweep_dir} && for d in [0-9]*_*; "
+            'do mv "$d" "${d#*_}"; done), or relaunch into another hydra.sweep.dir'))
 
 
 # keys a relaunch of a run dir may change: they do not change what the run computes (the cluster's

@@ -209,6 +209,14 @@ def test_a_run_dir_holding_another_run_is_refused_before_launch(tmp_path):
     relaunch = ["cluster.timeout_min=240", "cluster.partition=long", "trainer.progress=false"]
     assert validate_command_line([f"hydra.run.dir={run_dir}", "trainer.lr=0.002", *relaunch]) == 1
     assert validate_command_line(["-m", f"hydra.sweep.dir={sweep_dir}", "seed=0", *relaunch]) == 1
+    # a sweep an older lifelong started, its run dirs named `<job number>_<overrides>`
+    old_sweep = tmp_path / "old_sweep"
+    started(old_sweep / "0_seed=0", ["seed=0"])
+    with pytest.raises(ConfigError, match=r"hydra\.sweep\.dir=.*not 0_seed=0 as an older lifelong.*mv"):
+        validate_command_line(["-m", f"hydra.sweep.dir={old_sweep}", "seed=0,1"])
+    subprocess.run(["bash", "-c", 'for d in [0-9]*_*; do mv "$d" "${d#*_}"; done'], cwd=old_sweep, check=True)
+    assert validate_command_line(["-m", f"hydra.sweep.dir={old_sweep}", "seed=0,1"]) == 2
+    assert (old_sweep / "seed=0" / "config.yaml").exists()
     composed = compose(["seed=3", *relaunch])
     assert composed.hydra.job.override_dirname == "seed=3"
     assert set(RELAUNCH_MAY_CHANGE) - {"run_dir"} <= set(composed.hydra.job.config.override_dirname.exclude_keys)
