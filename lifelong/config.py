@@ -432,6 +432,7 @@ class TrainConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
+        require(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32 - 1] (numpy's seeds)")
         limit = self.model.position_limit()
         if limit is not None:  # beyond it GPT-2's position embedding has no row (an IndexError mid-run)
             require(self.data.seq_len <= limit[0], "data.seq_len", self.data.seq_len,
@@ -592,6 +593,12 @@ def _explain(error: Exception, overrides: list[str], source: ConfigSource) -> Co
         return ConfigError("--config-name", source.name, "a config in the search path: " + _one_line(message))
     found = re.search(r"full_key: ([\w.]+)", message) or re.search(r"override '\+?([\w.]+)", message)
     key = found.group(1) if found else "<overrides>"
+    launcher = re.search(r"In '([\w/]+)'.*Key '(\w+)' not in '(\w+)Conf'", message, re.DOTALL)
+    if key.startswith("hydra.launcher.") and launcher:  # cluster=example's SLURM settings, say, under another launcher
+        where, setting, _ = launcher.groups()
+        chosen = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "hydra/launcher"]
+        return ConfigError("hydra/launcher", chosen[-1] if chosen else "basic", f"hydra/launcher=submitit_slurm: "
+                           f"{where} sets hydra.launcher.{setting}, which this launcher does not have")
     given = [o.partition("=")[2] if name == key else o for o in overrides  # `model.foo` of `model.foo.bar=1`
              if (name := o.partition("=")[0].lstrip("+~")) == key or name.startswith(key + ".")]
     quoted = re.search(r"[Vv]alue '([^']*)'", message)  # a value set by a preset, not on the command line
@@ -685,7 +692,7 @@ def _jobs(overrides: list[str], multirun: bool, source: ConfigSource) -> tuple[l
     try:
         hydra = compose(fixed, source).hydra
     except (HydraException, OmegaConfBaseException) as error:
-        raise _explain(error, overrides, source) from error
+        raise _explain(error, fixed, source) from error
     multirun = multirun or hydra.mode == RunMode.MULTIRUN
     if multirun:
         given = {o.split("=")[0].lstrip("+~") for o in overrides}
@@ -694,18 +701,20 @@ def _jobs(overrides: list[str], multirun: bool, source: ConfigSource) -> tuple[l
     return job_overrides(overrides, source), multirun
 
 
-def _job_run_dir(composed: DictConfig, number: int, multirun: bool) -> Path | None:
-    """Where Hydra will run job `number` of a composition: hydra.run.dir, or hydra.sweep.dir / subdir.
-    None where that depends on what only the launch knows (a subdir naming the SLURM job id, say)."""
+def _job_run_dir(composed: DictConfig, number: int, sweep_dir: Path | None) -> Path | None:
+    """Where Hydra will run job `number` of a composition: hydra.run.dir, or in a sweep (`sweep_dir`:
+    its hydra.sweep.dir, resolved once as Hydra's sweeper does, or `${now:}` could differ between
+    jobs) the job's subdir. None where that depends on what only the launch knows (a subdir naming
+    the SLURM job id, say)."""
     from omegaconf.errors import OmegaConfBaseException
 
     hydra = composed.copy().hydra  # the subdir's interpolations resolve from the root
     try:
-        if not multirun:
+        if sweep_dir is None:
             return Path(hydra.run.dir)
         with open_dict(hydra):
             hydra.job.num = number
-        return Path(hydra.sweep.dir) / hydra.sweep.subdir
+        return sweep_dir / hydra.sweep.subdir
     except OmegaConfBaseException:
         return None
 
@@ -729,10 +738,13 @@ def validate_command_line(args: list[str]) -> int:
     except OverrideParseException as error:
         raise _override_error(error) from error
     run_dirs: dict[Path, int] = {}  # run dir -> the job that runs there
+    sweep_dir: Path | None = None
     for number, job in enumerate(jobs):
         try:
             composed = compose(job, source)
-            run_dir = _job_run_dir(composed, number, multirun)
+            if multirun and sweep_dir is None:
+                sweep_dir = Path(composed.hydra.sweep.dir)
+            run_dir = _job_run_dir(composed, number, sweep_dir)
             if run_dir is not None and run_dirs.setdefault(run_dir, number) != number:
                 other = run_dirs[run_dir]
                 raise ConfigError("hydra.sweep.subdir", str(run_dir), (
@@ -748,8 +760,8 @@ def validate_command_line(args: list[str]) -> int:
 
             cfg.method.check_model(*linear_module_names(cfg.model))
         if run_dir is not None:
-            if multirun:
-                _check_not_numbered(run_dir, Path(composed.hydra.sweep.dir))
+            if sweep_dir is not None:
+                _check_not_numbered(run_dir, sweep_dir)
             check_same_run(run_dir, cfg)
     return len(jobs)
 

@@ -412,7 +412,7 @@ def main() -> None:
 
     # conf/hydra/launcher/submitit_*.yaml give the plugin's launchers the project's defaults under the
     # plugin's own names, so Hydra validates them against its schemas: intended, not worth a warning
-    warnings.filterwarnings("ignore", message=".*validated against ConfigStore schema with the same name")
+    warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema with the same name")
 
     if not any(a in ("-h", "--help", "--hydra-help", "-c", "--cfg", "--info") for a in sys.argv[1:]):
         try:

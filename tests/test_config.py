@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
+from datetime import datetime, timedelta
 
 import pytest
 from omegaconf import OmegaConf
@@ -64,6 +66,23 @@ def test_sweep_expands_to_every_job():
     assert validate_command_line(["-m", "seed=0,1,2", "model=tiny_gpt2,tiny_llama"]) == 6
 
 
+def test_a_sweeps_jobs_share_one_sweep_dir_though_composed_seconds_apart(monkeypatch):
+    """Hydra's sweeper resolves hydra.sweep.dir (`${now:...}`) once; each job composed on its own
+    would read the clock again, and two jobs of one run dir could slip past the check."""
+    import hydra.core.utils
+
+    class Clock:  # a second later at every reading
+        readings = itertools.count()
+
+        @staticmethod
+        def now() -> datetime:
+            return datetime(2026, 1, 1) + timedelta(seconds=next(Clock.readings))
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", Clock)
+    with pytest.raises(ConfigError, match="would both run there"):
+        validate_command_line(["-m", "trainer.num_threads=1,2"])
+
+
 def test_a_glob_over_a_groups_options_is_expanded_as_hydra_does():
     assert validate_command_line(["-m", "tgl=glob(*)"]) == 3
     assert validate_command_line(["-m", "tgl=glob(*,exclude=none)", "seed=0,1"]) == 4
@@ -83,6 +102,9 @@ def test_a_presets_sweeper_params_are_validated_too():
         (["trainer.lr=fast"], "trainer.lr", "trainer.lr='fast': allowed is a float"),
         (["seed=abc", "trainer.lr=0.1"], "seed", "seed='abc': allowed is an integer"),  # not the whole command line
         (["trainer.progress=maybe"], "trainer.progress", "a boolean (true or false)"),
+        (["seed=-1"], "seed", "[0, 2**32 - 1]"),
+        (["-m", "trainer.lrr=1", "seed=0,1"], "trainer.lrr", "one of the existing keys under trainer: device"),
+        (["cluster=example"], "hydra/launcher", "hydra/launcher=submitit_slurm: cluster/example sets hydra.launcher"),
         (["trainer.precision=fp8"], "trainer.precision", "trainer.precision='fp8': allowed is one of fp32, bf16, fp16"),
         (["trainer.schedule=linear"], "trainer.schedule", "cosine, constant"),
         (["data.change_fraction=1.5"], "data.change_fraction", "(0, 1)"),
