@@ -187,6 +187,21 @@ class JsonlDataConfig:
         stages = stage_dirs(root) if root.is_dir() else []
         return {"data.path": [self.path, *(str(stage / "train.jsonl") for stage in stages)]}
 
+    def check_files(self, traced: slice) -> None:
+        """Probe files of the three sets only (another would be left out unseen), and knowledge.jsonl
+        in every stage TGL traces (`traced`, of the stage dirs)."""
+        from lifelong.data.jsonl import check_probe_files, stage_dirs
+
+        root = Path(self.path)
+        if not root.is_dir():
+            return  # check_input_paths names it
+        for stage in stage_dirs(root):
+            check_probe_files(stage, error=lambda message: ConfigError("data.path", self.path, message))
+        for stage in stage_dirs(root)[traced]:
+            require((stage / "knowledge.jsonl").is_file(), "data.path", self.path,
+                    f"a stream with knowledge.jsonl in every stage TGL traces (tgl.from_stage on): {stage} has none "
+                    "(or tgl=none)")
+
     def build(self):
         from lifelong.data.jsonl import load_stream
 
@@ -440,10 +455,20 @@ class TrainConfig:
         stages = self.data.stage_count()
         if stages is not None:
             self.check_stage_count(stages)
+        if hasattr(self.data, "check_files"):  # a stream of the user's files (jsonl)
+            self.data.check_files(self.traced_stages())
         rule = getattr(self.tgl, "rule", None)
         if rule is not None and rule.value == "top_k" and not self.model.path:  # a local model's depth is its own
             require(self.tgl.k < self.model.n_layer, "tgl.k", self.tgl.k, f"an integer in [1, {self.model.n_layer - 1}]"
                     f": model.n_layer is {self.model.n_layer}, and selecting every block would localize nothing")
+
+    def traced_stages(self) -> slice:
+        """The stages TGL traces before (of the stream's): from tgl.from_stage on, or that one only
+        under tgl.trace=once; none under tgl=none."""
+        from_stage = getattr(self.tgl, "from_stage", None)
+        if from_stage is None:
+            return slice(0, 0)
+        return slice(from_stage, from_stage + 1 if self.tgl.trace.value == "once" else None)
 
     def check_stage_count(self, num_stages: int) -> None:
         """A `from_stage` past the stream's last stage would never start LoRA / TGL: the run
@@ -589,6 +614,9 @@ def _explain(error: Exception, overrides: list[str], source: ConfigSource) -> Co
         available = re.search(r"Available options in '[\w/]+':\n((?:\t.*\n?)+)", message)
         allowed = f"one of {', '.join(available.group(1).split())}" if available else _one_line(message)
         return ConfigError(group, option.group(2), allowed)
+    if not source.path and not CONF_DIR.is_dir():  # installed from a wheel, say
+        return ConfigError("conf/", str(CONF_DIR), "lifelong's configs, read from its checkout: install lifelong "
+                           "editable from a clone (pip install -e .)")
     if f"Cannot find primary config '{source.name}'" in message:  # -cn names no config
         return ConfigError("--config-name", source.name, "a config in the search path: " + _one_line(message))
     found = re.search(r"full_key: ([\w.]+)", message) or re.search(r"override '\+?([\w.]+)", message)

@@ -83,6 +83,14 @@ def test_a_sweeps_jobs_share_one_sweep_dir_though_composed_seconds_apart(monkeyp
         validate_command_line(["-m", "trainer.num_threads=1,2"])
 
 
+def test_an_install_without_the_checkouts_configs_says_to_install_editable(monkeypatch, tmp_path):
+    import lifelong.config
+
+    monkeypatch.setattr(lifelong.config, "CONF_DIR", tmp_path / "absent")  # where a wheel's would be
+    with pytest.raises(ConfigError, match=r"conf/=.*absent': allowed is lifelong's configs.*pip install -e"):
+        validate_command_line(["seed=1"])
+
+
 def test_a_glob_over_a_groups_options_is_expanded_as_hydra_does():
     assert validate_command_line(["-m", "tgl=glob(*)"]) == 3
     assert validate_command_line(["-m", "tgl=glob(*,exclude=none)", "seed=0,1"]) == 4

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from lifelong.data.stream import PROBE_SETS, Probe, Stage, Stream, TextFiles
@@ -68,6 +69,13 @@ def natural_key(name: str) -> tuple[str | int, ...]:
     return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name)))
 
 
+def check_probe_files(stage_dir: Path, error: Callable[[str], Exception] = DataFormatError) -> None:
+    """A probes_*.jsonl of a set other than changed / unchanged / new would be left out unseen."""
+    for path in sorted(stage_dir.glob("probes_*.jsonl")):
+        if path.name.removeprefix("probes_").removesuffix(".jsonl") not in PROBE_SETS:
+            raise error(f"probe files named probes_{{{','.join(PROBE_SETS)}}}.jsonl: {path} is not one of them")
+
+
 def stage_dirs(root: Path) -> list[Path]:
     """A stream's stages: the sub-directories of its root, in natural name order."""
     return sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: (natural_key(p.name), p.name))
@@ -81,6 +89,7 @@ def load_stream(root: Path, cache_dir: str | None = None) -> Stream:
         raise FileNotFoundError(f"data.path: no stage directories in {root}")
     stages = []
     for stage_dir in directories:
+        check_probe_files(stage_dir)
         train_file = stage_dir / "train.jsonl"
         if not train_file.exists():
             raise FileNotFoundError(f"missing training file: {train_file}")

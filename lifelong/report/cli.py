@@ -3,7 +3,9 @@
     lifelong-report outputs/sweeps/2026-11-24_12-00-00 --table main --format md,csv,tex
 
 A run without results.json (missing or failed) is never dropped silently: the report names
-it and exits 1, unless --allow-missing, which marks its cells in the table.
+it and exits 1, unless --allow-missing, which marks its cells in the table. The jobs are those of
+the sweep's last launch (multirun.yaml); finished runs of an earlier launch's other jobs are named
+as left out. A dir that is no sweep, or a run counted twice, exits 2.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lifelong.report.collect import collect_runs
+from lifelong.report.collect import collect_runs, runs_left_out
 from lifelong.report.plots import localization_profile, stage_heatmaps
 from lifelong.report.tables import TABLES, build_table, formatted, to_latex, to_markdown
 
@@ -37,12 +39,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    runs = collect_runs(args.sweep_dir)
-    table = build_table(runs, args.table)
+    try:
+        runs = collect_runs(args.sweep_dir)
+        table = build_table(runs, args.table)
+    except (FileNotFoundError, ValueError) as error:  # not a sweep dir; a run counted twice
+        print(f"lifelong-report: {error}", file=sys.stderr)
+        return 2
+    left_out = runs_left_out(args.sweep_dir, runs)
+    if left_out:
+        print(f"Left out, as no job of the sweep's last launch ({args.sweep_dir / 'multirun.yaml'}): "
+              f"{len(left_out)} finished run dir(s), e.g. {left_out[0]}", file=sys.stderr)
     if table.means.columns.empty and any(table.finished.values()):
         print(f"--table {args.table}: no finished run of {args.sweep_dir} measured it (accuracy: streams with "
               "accuracy_top_k only, as TempLAMA)", file=sys.stderr)
-        return 1
+        return 2
     if table.missing and not args.allow_missing:
         print("Missing or failed runs (use --allow-missing to report without them):", file=sys.stderr)
         for line in table.missing:

@@ -96,6 +96,14 @@ def collect_runs(sweep_dir: Path) -> list[Run]:
     return runs
 
 
+def runs_left_out(sweep_dir: Path, runs: list[Run]) -> list[Path]:
+    """Finished run dirs of the sweep dir that are no job of its last launch (its multirun.yaml): the
+    other jobs of an earlier launch into the same sweep dir."""
+    taken = {run.directory for run in runs}
+    found = (overrides.parent.parent for overrides in sweep_dir.rglob(".hydra/overrides.yaml"))
+    return sorted(d for d in found if (d / "results.json").exists() and d not in taken)
+
+
 def _without_seed(overrides: list[str]) -> frozenset[str]:
     return frozenset(o for o in overrides if o.partition("=")[0].lstrip("+~") != "seed")
 

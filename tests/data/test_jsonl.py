@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
+from lifelong.config import ConfigError, validate_command_line
 from lifelong.data.corpus import load_corpus
 from lifelong.data.jsonl import DataFormatError, load_stream, stage_dirs
+from tests.conftest import FIXTURES
 
 
 def write(path, records):
@@ -65,3 +68,23 @@ def test_a_bad_probe_names_its_file_and_line(tmp_path, record):
     write(path, [{"text": "fine"}, record])
     with pytest.raises(DataFormatError, match=rf"{path}:2: (target 'Oslo' does not occur|`text` .* must be strings)"):
         load_stream(tmp_path)
+
+
+def test_tgls_knowledge_and_the_probe_sets_are_checked_before_launch(tmp_path):
+    """TGL traces each stage's knowledge.jsonl from tgl.from_stage on (the fixture has it in its
+    second stage only), and a probe file of another set than the three would be left out unseen."""
+    stream = tmp_path / "stream"
+    shutil.copytree(FIXTURES / "jsonl", stream)
+    base = ["data=jsonl", f"data.path={stream}"]
+    assert validate_command_line([*base, "tgl=freeze"]) == 1
+    with pytest.raises(ConfigError, match=r"knowledge.jsonl in every stage TGL traces .*2019 has none"):
+        validate_command_line([*base, "tgl=freeze", "tgl.from_stage=0"])
+    write(stream / "2021" / "train.jsonl", [{"text": "Ana lives in Rome."}])  # a third stage, no knowledge
+    with pytest.raises(ConfigError, match=r"knowledge.jsonl in every stage TGL traces .*2021 has none"):
+        validate_command_line([*base, "tgl=adaptive_lr"])
+    assert validate_command_line([*base, "tgl=adaptive_lr", "tgl.trace=once"]) == 1  # stage 1's trace only
+    write(stream / "2020" / "probes_custom.jsonl", [{"text": "Ana lives in Oslo."}])
+    with pytest.raises(ConfigError, match=r"probes_\{changed,unchanged,new\}.jsonl: .*2020/probes_custom.jsonl"):
+        validate_command_line(base)
+    with pytest.raises(DataFormatError, match="probes_custom.jsonl is not one of them"):
+        load_stream(stream)

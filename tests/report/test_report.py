@@ -97,7 +97,7 @@ def test_transfer_table_marks_the_best_in_each_metrics_direction(sweep, tmp_path
             assert f"**{means[best]:.2f} ± {table.loc[best, f'{column}_std']:.2f}**" in markdown
             marked += column.startswith("bwt_")
     assert marked
-    assert report([str(sweep), "--table", "accuracy", "--out", str(tmp_path)]) == 1  # no TempLAMA run
+    assert report([str(sweep), "--table", "accuracy", "--out", str(tmp_path)]) == 2  # no TempLAMA run
 
 
 def test_one_seed_shows_its_value_without_a_spread(tmp_path):
@@ -188,7 +188,7 @@ def test_runs_differing_in_more_than_the_seed_get_rows_of_their_own(twiki_sweep,
         assert table.loc[f"finetune / none (trainer.lr={lr})", "changed_std"] == pytest.approx(stdev(changed))
 
 
-def test_a_sweep_relaunched_with_one_more_seed_finds_its_run_dirs(tmp_path):
+def test_a_sweep_relaunched_with_one_more_seed_finds_its_run_dirs(tmp_path, capsys):
     """Run dirs are named by their overrides, not the job number: seed=1 is job 0 of the first launch
     and job 1 of the second, which trains seed 0 only."""
     common = ["experiment=smoke", "data.num_stages=2", "trainer.steps_per_stage=1"]
@@ -199,9 +199,15 @@ def test_a_sweep_relaunched_with_one_more_seed_finds_its_run_dirs(tmp_path):
     assert sorted(overrides_of(p.parent)["seed"] for p in sweep_dir.glob("*/results.json")) == ["0", "1"]
     assert first.stat().st_mtime_ns == finished  # not trained again
     assert report([str(sweep_dir), "--out", str(tmp_path / "report"), "--format", "csv"]) == 0
+    # launched again with seed 0 alone: the report is of that launch, and names seed 1's run as left out
+    run_sweep(sweep_dir, *common, "seed=0")
+    capsys.readouterr()
+    assert report([str(sweep_dir), "--out", str(tmp_path / "report"), "--format", "csv"]) == 0
+    assert "Left out, as no job of the sweep's last launch" in capsys.readouterr().err
+    assert pd.read_csv(tmp_path / "report" / "main.csv", index_col=0)["seeds"].tolist() == [1]
 
 
-def test_one_job_twice_is_refused_before_launch_and_a_copied_run_dir_by_the_report(tmp_path):
+def test_one_job_twice_is_refused_before_launch_and_a_copied_run_dir_by_the_report(tmp_path, capsys):
     done = subprocess.run([sys.executable, "-m", "lifelong.train", "-m", "experiment=smoke", "seed=0,0",
                            f"hydra.sweep.dir={tmp_path / 'twice'}"], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
@@ -211,9 +217,12 @@ def test_one_job_twice_is_refused_before_launch_and_a_copied_run_dir_by_the_repo
                           "seed=0")
     [run_dir] = [path.parent for path in sweep_dir.glob("*/results.json")]
     shutil.copytree(run_dir, sweep_dir / "copy")
-    with pytest.raises(ValueError, match="two finished runs of one job") as error:
-        report([str(sweep_dir), "--out", str(tmp_path / "report")])
-    assert str(run_dir) in str(error.value) and str(sweep_dir / "copy") in str(error.value)
+    capsys.readouterr()
+    assert report([str(sweep_dir), "--out", str(tmp_path / "report")]) == 2
+    error = capsys.readouterr().err
+    assert "two finished runs of one job" in error and str(run_dir) in error and str(sweep_dir / "copy") in error
+    assert report([str(tmp_path), "--out", str(tmp_path / "report")]) == 2  # no sweep dir
+    assert "is not a Hydra multirun dir (no multirun.yaml)" in capsys.readouterr().err
 
 
 def test_a_job_an_older_sweep_left_unfinished_beside_its_finished_dir_is_reported_finished(tmp_path):
