@@ -783,6 +783,12 @@ def validate_command_line(args: list[str]) -> int:
         except (HydraException, OmegaConfBaseException) as error:
             raise _explain(error, job, source) from error
         check_input_paths(cfg)
+        slurm = multirun and "Slurm" in str(composed.hydra.launcher.get("_target_"))
+        if cfg.trainer.device is Device.cuda and not slurm:
+            import torch  # a job launched here runs on this machine; a SLURM job is checked on its node
+
+            require(torch.cuda.is_available(), "trainer.device", "cuda",
+                    "cpu or auto: no CUDA device is visible on this machine, where the job would run")
         if hasattr(cfg.method, "check_model"):  # names of the model's modules (LoRA's targets)
             from lifelong.models import linear_module_names
 

@@ -9,6 +9,7 @@ import sys
 from datetime import datetime, timedelta
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from lifelong.config import (
@@ -30,12 +31,14 @@ REQUIRED = {
     ("model", "local"): [f"model.path={MODEL_DIR}"],
     ("data", "jsonl"): [f"data.path={FIXTURES / 'jsonl'}"],
     ("cluster", "example"): ["hydra/launcher=submitit_slurm"],
-    ("experiment", "paper_main"): [f"model.path={MODEL_DIR}", f"data.path={FIXTURES / 'jsonl'}"],
+    ("experiment", "paper_main"): [f"model.path={MODEL_DIR}", f"data.path={FIXTURES / 'jsonl'}",
+                                   "trainer.device=auto"],  # one run runs here, and this machine may have no GPU
     ("data", "temporalwiki"): [f"data.root={FIXTURES / 'temporalwiki'}", "data.stages=[0809,0910]",
                                "model.max_seq_len=512"],  # the stages the fixture holds
     ("data", "synthetic_large"): ["model.max_seq_len=512"],  # its 512-token blocks need as many positions
     ("data", "templama"): [f"data.files=[{FIXTURES / 'templama' / 'test.json'}]"],
     ("data", "ecbd"): [f"data.root={FIXTURES / 'ecbd'}", "data.years=[2019,2020]"],
+    ("trainer", "gpu"): ["trainer.device=auto"],  # this machine may have no GPU
 }
 
 
@@ -89,6 +92,16 @@ def test_an_install_without_the_checkouts_configs_says_to_install_editable(monke
     monkeypatch.setattr(lifelong.config, "CONF_DIR", tmp_path / "absent")  # where a wheel's would be
     with pytest.raises(ConfigError, match=r"conf/=.*absent': allowed is lifelong's configs.*pip install -e"):
         validate_command_line(["seed=1"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused_before_a_local_launch_but_not_a_slurm_one():
+    """A SLURM job runs on a node whose GPUs the submitting host need not have."""
+    with pytest.raises(ConfigError, match=r"trainer\.device='cuda'.*no CUDA device is visible on this machine"):
+        validate_command_line(["trainer=gpu"])
+    assert validate_command_line(["-m", "trainer=gpu", "hydra/launcher=submitit_slurm", "cluster=local"]) == 1
+    with pytest.raises(ConfigError, match="no CUDA device"):  # a single run runs here, whatever the launcher
+        validate_command_line(["trainer=gpu", "hydra/launcher=submitit_slurm", "cluster=local"])
 
 
 def test_a_glob_over_a_groups_options_is_expanded_as_hydra_does():
