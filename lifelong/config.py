@@ -573,13 +573,17 @@ def compose(overrides: list[str], source: ConfigSource = ConfigSource()) -> Dict
         return hydra_compose(config_name=source.name, overrides=overrides, return_hydra_config=True)
 
 
-def job_overrides(args: list[str], source: ConfigSource | None = None) -> list[list[str]]:
+def job_overrides(args: list[str], source: ConfigSource | None = None,
+                  sweeper_params: dict[str, Any] | None = None) -> list[list[str]]:
     """Expand sweep syntax (`a=1,2 b=x,y`, `tgl=glob(*)`) into the override list of every job, as
-    Hydra's basic sweeper does; a glob over a group's options needs its config search path."""
+    Hydra's basic sweeper does: a preset's hydra.sweeper.params first, then the command line's
+    overrides (a key in both keeps its place and takes the command line's value). A glob over a
+    group's options needs the config search path."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    args = [*(f"{key}={value}" for key, value in (sweeper_params or {}).items()), *args]
     with _hydra_initialized(source or ConfigSource()):
         parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
         return [job for batch in BasicSweeper.split_arguments(parser.parse_overrides(args), None) for job in batch]
@@ -722,11 +726,7 @@ def _jobs(overrides: list[str], multirun: bool, source: ConfigSource) -> tuple[l
     except (HydraException, OmegaConfBaseException) as error:
         raise _explain(error, fixed, source) from error
     multirun = multirun or hydra.mode == RunMode.MULTIRUN
-    if multirun:
-        given = {o.split("=")[0].lstrip("+~") for o in overrides}
-        overrides = overrides + [f"{key}={value}" for key, value in (hydra.sweeper.params or {}).items()
-                                 if key not in given]
-    return job_overrides(overrides, source), multirun
+    return job_overrides(overrides, source, hydra.sweeper.params if multirun else None), multirun
 
 
 def _job_run_dir(composed: DictConfig, number: int, sweep_dir: Path | None) -> Path | None:

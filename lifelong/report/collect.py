@@ -31,11 +31,8 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]]:
     """The override list of every job the sweep asked for (from its multirun.yaml)."""
     from lifelong.config import job_overrides
 
-    multirun = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())
-    task = multirun["hydra"]["overrides"]["task"]
-    given = {override.split("=")[0].lstrip("+~") for override in task}
-    params = multirun["hydra"]["sweeper"].get("params") or {}  # a preset's sweep, as BasicSweeper adds it
-    return job_overrides([f"{key}={value}" for key, value in params.items() if key not in given] + task)
+    hydra = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]
+    return job_overrides(hydra["overrides"]["task"], sweeper_params=hydra["sweeper"].get("params"))
 
 
 def _job_dirs(sweep_dir: Path) -> dict[frozenset[str], list[Path]]:
