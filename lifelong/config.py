@@ -190,14 +190,18 @@ class JsonlDataConfig:
     def check_files(self, traced: slice) -> None:
         """Probe files of the three sets only (another would be left out unseen), and knowledge.jsonl
         in every stage TGL traces (`traced`, of the stage dirs)."""
-        from lifelong.data.jsonl import check_probe_files, stage_dirs
+        from lifelong.data.jsonl import DataFormatError, check_probe_files, stage_dirs
 
         root = Path(self.path)
         if not root.is_dir():
             return  # check_input_paths names it
-        for stage in stage_dirs(root):
-            check_probe_files(stage, error=lambda message: ConfigError("data.path", self.path, message))
-        for stage in stage_dirs(root)[traced]:
+        stages = stage_dirs(root)
+        for stage in stages:
+            try:
+                check_probe_files(stage)
+            except DataFormatError as error:
+                raise ConfigError("data.path", self.path, str(error)) from error
+        for stage in stages[traced]:
             require((stage / "knowledge.jsonl").is_file(), "data.path", self.path,
                     f"a stream with knowledge.jsonl in every stage TGL traces (tgl.from_stage on): {stage} has none "
                     "(or tgl=none)")

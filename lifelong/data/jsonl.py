@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 from lifelong.data.stream import PROBE_SETS, Probe, Stage, Stream, TextFiles
@@ -69,11 +68,12 @@ def natural_key(name: str) -> tuple[str | int, ...]:
     return tuple(int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", name)))
 
 
-def check_probe_files(stage_dir: Path, error: Callable[[str], Exception] = DataFormatError) -> None:
+def check_probe_files(stage_dir: Path) -> None:
     """A probes_*.jsonl of a set other than changed / unchanged / new would be left out unseen."""
     for path in sorted(stage_dir.glob("probes_*.jsonl")):
         if path.name.removeprefix("probes_").removesuffix(".jsonl") not in PROBE_SETS:
-            raise error(f"probe files named probes_{{{','.join(PROBE_SETS)}}}.jsonl: {path} is not one of them")
+            sets = ",".join(PROBE_SETS)
+            raise DataFormatError(f"probe files named probes_{{{sets}}}.jsonl: {path} is not one of them")
 
 
 def stage_dirs(root: Path) -> list[Path]:
