@@ -45,7 +45,7 @@ def _job_dirs(sweep_dir: Path) -> dict[frozenset[str], list[Path]]:
         overrides = frozenset(yaml.safe_load(overrides_file.read_text()))
         found.setdefault(overrides, []).append(overrides_file.parent.parent)
     for directories in found.values():
-        directories.sort(key=lambda directory: not (directory / "results.json").exists())  # stable
+        directories.sort(key=lambda directory: not _finished(directory))  # stable
     return found
 
 
@@ -86,7 +86,7 @@ def collect_runs(sweep_dir: Path) -> list[Run]:
             run.traces = [json.loads(p.read_text()) for p in sorted(directory.glob("trace_stage_*.json"))]
         runs.append(run)
     for run in runs:  # a second finished run of a job would be dropped unseen
-        extra = [d for d in directories.get(frozenset(run.overrides), []) if (d / "results.json").exists()]
+        extra = [d for d in directories.get(frozenset(run.overrides), []) if _finished(d)]
         if extra:
             raise ValueError(f"two finished runs of one job: {run.directory} and {extra[0]} (a job's run dir "
                              "copied, or an older sweep's; move the one not to report)")
@@ -97,8 +97,11 @@ def runs_left_out(sweep_dir: Path, runs: list[Run]) -> list[Path]:
     """Finished run dirs of the sweep dir that are no job of its last launch (its multirun.yaml): the
     other jobs of an earlier launch into the same sweep dir."""
     taken = {run.directory for run in runs}
-    found = (overrides.parent.parent for overrides in sweep_dir.rglob(".hydra/overrides.yaml"))
-    return sorted(d for d in found if (d / "results.json").exists() and d not in taken)
+    return sorted(d for job in _job_dirs(sweep_dir).values() for d in job if _finished(d) and d not in taken)
+
+
+def _finished(run_dir: Path) -> bool:
+    return (run_dir / "results.json").exists()
 
 
 def _without_seed(overrides: list[str]) -> frozenset[str]:
