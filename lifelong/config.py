@@ -787,12 +787,8 @@ def validate_command_line(args: list[str]) -> int:
         except (HydraException, OmegaConfBaseException) as error:
             raise _explain(error, job, source) from error
         check_input_paths(cfg)
-        slurm = multirun and "Slurm" in str(composed.hydra.launcher.get("_target_"))
-        if cfg.trainer.device is Device.cuda and not slurm:
-            import torch  # a job launched here runs on this machine; a SLURM job is checked on its node
-
-            require(torch.cuda.is_available(), "trainer.device", "cuda",
-                    "cpu or auto: no CUDA device is visible on this machine, where the job would run")
+        if not (multirun and "Slurm" in str(composed.hydra.launcher.get("_target_"))):
+            check_device_visible(cfg.trainer.device)  # the job runs here; a SLURM job checks on its node
         if hasattr(cfg.method, "check_model"):  # names of the model's modules (LoRA's targets)
             from lifelong.models import linear_module_names
 
@@ -802,6 +798,14 @@ def validate_command_line(args: list[str]) -> int:
                 _check_not_numbered(run_dir, sweep_dir)
             check_same_run(run_dir, cfg)
     return len(jobs)
+
+
+def check_device_visible(device: Device) -> None:
+    if device is Device.cuda:
+        import torch
+
+        require(torch.cuda.is_available(), "trainer.device", "cuda",
+                "cpu or auto: no CUDA device is visible on this machine, where the job runs")
 
 
 def _check_not_numbered(run_dir: Path, sweep_dir: Path) -> None:

@@ -39,6 +39,7 @@ from lifelong.config import (
     Precision,
     TrainConfig,
     TrainerConfig,
+    check_device_visible,
     check_same_run,
     save_run_config,
     to_train_config,
@@ -80,8 +81,7 @@ def seed_everything(seed: int) -> None:
 def resolve_device(device: Device) -> torch.device:
     if device is Device.auto:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device is Device.cuda and not torch.cuda.is_available():
-        raise ConfigError("trainer.device", "cuda", "cpu or auto: no CUDA device is visible")
+    check_device_visible(device)
     return torch.device(device.value)
 
 
