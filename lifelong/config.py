@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from hydra.errors import OverrideParseException
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+PACKAGE_OF_GROUP = {"method": "lifelong/methods", "tgl": "lifelong/tgl"}  # whose __init__ imports the group's schemas
 TRAIN_FILE = Path(__file__).resolve().parent / "train.py"  # declares hydra.main: -cp is relative to it
 
 
@@ -622,6 +623,13 @@ def _explain(error: Exception, overrides: list[str], source: ConfigSource) -> Co
         available = re.search(r"Available options in '[\w/]+':\n((?:\t.*\n?)+)", message)
         allowed = f"one of {', '.join(available.group(1).split())}" if available else _one_line(message)
         return ConfigError(group, option.group(2), allowed)
+    schema = re.search(r"In '([\w/]+)/(\w+)': Could not load 'schema/", message)
+    if schema:  # an option's YAML extends a schema that no imported module registered
+        group, name = schema.group(1).replace("/", "."), schema.group(2)
+        package = PACKAGE_OF_GROUP.get(group, "lifelong")
+        return ConfigError(group, name, f"an option whose schema is registered: conf/{schema.group(1)}/{name}.yaml "
+                           f"extends schema/{schema.group(1)}/{name}, which no imported module registers (import "
+                           f"the module that calls register({group!r}, {name!r}, ...) in {package}/__init__.py)")
     if not source.path and not CONF_DIR.is_dir():  # installed from a wheel, say
         return ConfigError("conf/", str(CONF_DIR), "lifelong's configs, read from its checkout: install lifelong "
                            "editable from a clone (pip install -e .)")

@@ -220,6 +220,15 @@ def test_hydras_config_flags_are_honoured(tmp_path):
             validate_command_line([*flags, "experiment=bad"])
 
 
+def test_an_option_whose_schema_no_module_registers_says_where_to_import_it(tmp_path):
+    """A copied method file that __init__.py does not import: its YAML's schema is missing."""
+    (tmp_path / "method").mkdir()
+    (tmp_path / "method" / "mine.yaml").write_text("defaults:\n  - /schema/method/mine@_here_\n  - _self_\n")
+    with pytest.raises(ConfigError, match=r"method='mine'.*no imported module registers.*register\('method', "
+                                          r"'mine', \.\.\.\) in lifelong/methods/__init__\.py"):
+        validate_command_line(["-cd", str(tmp_path), "method=mine"])
+
+
 def test_a_preset_in_multirun_mode_has_its_sweep_checked(tmp_path):
     """hydra.mode=MULTIRUN in a preset sweeps without -m: every job is checked before the first runs."""
     (tmp_path / "experiment").mkdir()

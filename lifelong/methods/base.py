@@ -1,7 +1,8 @@
 """The method interface: small optional hooks the trainer calls (DESIGN.md section 2).
 
 A continual-learning baseline and a TGL variant are both `Method`s; the trainer calls every
-active one in order, so they compose. Copy `finetune.py` to start a new one.
+active one in order, so they compose. Copy `finetune.py` to start a new one, add its YAML to
+conf/method/ and its module to the import line of lifelong/methods/__init__.py.
 """
 
 from __future__ import annotations
