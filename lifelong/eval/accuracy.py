@@ -1,13 +1,16 @@
 """TempLAMA-style accuracy of the target span: greedy exact match and top-k of its first token.
 
 The prompt is the probe's text up to its target span; greedy decoding continues it for as many
-tokens as an answer has, and exact match compares the decoded text with the answer,
-whitespace-stripped. A probe's answers are all of a fact's valid answers where it lists them
-(`Probe.answers`, as TempLAMA's do), else its span's text; as in TempLAMA's protocol a probe
-scores the best over its answers. A left-to-right LM completes a prefix only: text after the span is not seen,
-and a probe with nothing before its span (an object-first query such as TempLAMA's "_X_ is the
-head coach of ...") is left out of both shares -- decoding from the end-of-text token alone
-would score an unconditioned guess. The TempLAMA loader warns with their count.
+tokens as an answer has, and exact match compares the decoded text with the answer, both
+normalized as SQuAD's evaluation does (lowercase; punctuation, articles and extra whitespace
+dropped), as CKL scores its probes: a tokenizer may merge the span's last word with the
+punctuation after it ("Germain."), which the decoded text then carries. A probe's answers are
+all of a fact's valid answers where it lists them (`Probe.answers`, as TempLAMA's do), else its
+span's text; as in TempLAMA's protocol a probe scores the best over its answers. A
+left-to-right LM completes a prefix only: text after the span is not seen, and a probe with
+nothing before its span (an object-first query such as TempLAMA's "_X_ is the head coach of
+...") is left out of both shares -- decoding from the end-of-text token alone would score an
+unconditioned guess. The TempLAMA loader warns with their count.
 
 Probes are decoded in batches of one target length. Prompts are left-padded and masked:
 generate() derives position ids from the attention mask (cumsum - 1, GPT-2 and Llama alike), so
@@ -16,12 +19,22 @@ each row sees the tokens and positions it would see alone.
 
 from __future__ import annotations
 
+import re
+import string
+
 import torch
 from torch import nn
 
 from lifelong.data.stream import Probe
 
 BATCH_SIZE = 32
+PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalized(text: str) -> str:
+    """SQuAD's answer normalization: lowercase, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in PUNCTUATION)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
 
 def answers(probe: Probe) -> tuple[str, ...]:
@@ -30,13 +43,15 @@ def answers(probe: Probe) -> tuple[str, ...]:
 
 
 def encode(tokenizer, probe: Probe, answer: str) -> tuple[list[int], list[int]]:
-    """(prompt ids, target ids) of a probe with `answer` in its span."""
-    start = probe.span[0]
-    prompt = probe.prompt.rstrip()
-    prompt_ids = [tokenizer.eos_token_id, *tokenizer(prompt, add_special_tokens=False)["input_ids"]]
-    # the target as the model sees it after the prompt: with its leading space, if any
-    target = probe.text[len(prompt) : start] + answer
-    return prompt_ids, tokenizer(target, add_special_tokens=False)["input_ids"]
+    """(prompt ids, target ids) of a probe with `answer` in its span. The text up to the answer is
+    tokenized whole and split where the prompt ends (by offsets, as encode_probes finds its span):
+    the target's ids are those it has after the prompt. Tokenized alone, a target loses that
+    context, e.g. a SentencePiece tokenizer (Llama-2's) starts it with a bare "▁" no text has."""
+    prompt_end = len(probe.prompt.rstrip())
+    encoded = tokenizer(probe.text[: probe.span[0]] + answer, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+    split = next((i for i, (start, _) in enumerate(offsets) if start >= prompt_end), len(ids))
+    return [tokenizer.eos_token_id, *ids[:split]], ids[split:]
 
 
 @torch.no_grad()
@@ -85,6 +100,6 @@ def span_accuracy(model: nn.Module, tokenizer, probes: list[Probe], device: torc
     results = greedy_continuations(model, tokenizer, [encode(tokenizer, scored[i], a) for i, a in pairs], device, k)
     exact, top = [False] * len(scored), [False] * len(scored)
     for (i, answer), (text, hit) in zip(pairs, results, strict=True):
-        exact[i] |= text.strip() == answer.strip()
+        exact[i] |= normalized(text) == normalized(answer)
         top[i] |= hit
     return {"exact_match": sum(exact) / len(scored), "top_k": sum(top) / len(scored)}

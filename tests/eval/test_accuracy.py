@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 
 from lifelong.config import ModelConfig
 from lifelong.data.stream import Probe
 from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
-from lifelong.eval.accuracy import encode, greedy_continuations, span_accuracy
+from lifelong.eval.accuracy import encode, greedy_continuations, normalized, span_accuracy
+from lifelong.eval.perplexity import encode_probes
 from lifelong.models import build_model
 from tests.conftest import make_config
 
@@ -68,6 +71,42 @@ def test_object_first_probes_are_left_out(messi_model):
     device = torch.device("cpu")
     assert span_accuracy(model, tokenizer, [right, first], device, k=1) == {"exact_match": 1.0, "top_k": 1.0}
     assert span_accuracy(model, tokenizer, [first], device, k=1) == {"exact_match": None, "top_k": None}
+
+
+def sentencepiece_style_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    """A BPE with Llama-2's legacy pipeline (its tokenizer.json): a normalizer that prepends "▁" to
+    every string it encodes and writes spaces as "▁", and the decoder that undoes it."""
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")  # for training only
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                                       show_progress=False))
+    bpe.pre_tokenizer = None
+    bpe.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    bpe.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="</s>",
+                                   unk_token="<unk>")
+
+
+def test_a_sentencepiece_tokenizers_target_is_the_span_as_the_sentence_has_it():
+    """Tokenized alone, Llama-2's tokenizer starts " Paris" with a bare "▁" that no sentence has: top-k
+    then asks for that token and decoding runs a step too many, so a memorized fact scored 0."""
+    tokenizer = sentencepiece_style_tokenizer([MESSI, "Ana lives in Rome.", "FC Barcelona is where Lionel Messi plays."]
+                                              * 20)
+    right = probe(MESSI, "Paris Saint-Germain")
+    encoded = encode_probes(tokenizer, [right], 64)
+    span_ids = [i for i, is_target in zip(encoded.ids[0], encoded.targets[0], strict=True) if is_target]
+    prompt_ids, target_ids = encode(tokenizer, right, "Paris Saint-Germain")
+    # the sentence's "Germain." may be one token: the span's first token is what must agree
+    assert target_ids[0] == span_ids[0] and tokenizer.convert_ids_to_tokens(target_ids)[0] == "▁Paris"
+    assert prompt_ids == encoded.ids[0][: len(prompt_ids)]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=2, d_model=64, n_head=2, d_ff=128, max_seq_len=32), tokenizer)
+    memorize(model, tokenizer, [MESSI], 60)
+    device = torch.device("cpu")
+    # its memorized continuation decodes as "Paris Saint-Germain.": exact match normalizes as SQuAD's does
+    assert span_accuracy(model, tokenizer, [right], device, k=1) == {"exact_match": 1.0, "top_k": 1.0}
+    assert normalized(" The  Paris Saint-Germain.") == normalized("paris saintgermain") == "paris saintgermain"
 
 
 FACTS = [  # (sentence, its object): prompts of 3 to 9 words, objects of 1 to 3 words
