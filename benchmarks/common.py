@@ -15,12 +15,12 @@ from typing import Any
 import torch
 
 from lifelong.config import TrainConfig, compose_train_config
-from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
+from lifelong.data.tokens import labelled_tokens, lm_inputs, pack, summed_token_loss, train_tokenizer
 from lifelong.methods.base import StageContext
 from lifelong.models import build_model
 from lifelong.optim import LayerGradNorms, build_optimizer, build_scheduler, default_param_groups
 from lifelong.track.jsonl import read_jsonl_metrics
-from lifelong.train import AUTOCAST, labelled_tokens, resolve_device, summed_token_loss, train
+from lifelong.train import AUTOCAST, resolve_device, train
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -23,7 +23,6 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -46,7 +45,7 @@ from lifelong.config import (
 )
 from lifelong.data import corpus
 from lifelong.data.stream import PROBE_SETS, Stream
-from lifelong.data.tokens import PAD, lm_inputs, load_tokenizer, train_tokenizer
+from lifelong.data.tokens import labelled_tokens, lm_inputs, load_tokenizer, summed_token_loss, train_tokenizer
 from lifelong.eval.accuracy import span_accuracy
 from lifelong.eval.metrics import fuar, summarize
 from lifelong.eval.perplexity import EncodedProbes, encode_probes, perplexity
@@ -119,18 +118,6 @@ def stage_batches(blocks: torch.Tensor, steps: int, batch_size: int, seed: int) 
     epochs = -(-needed // len(blocks))
     order = torch.cat([torch.randperm(len(blocks), generator=generator) for _ in range(epochs)])
     return order[:needed]
-
-
-def labelled_tokens(blocks: torch.Tensor) -> int:
-    """Tokens a batch of blocks is scored on: every position after the first that is not PAD."""
-    return max(1, int((blocks[:, 1:] != PAD).sum()))
-
-
-def summed_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of the next-token cross-entropies over the labelled tokens (PAD ignored)."""
-    # shift the labels, not the logits: slicing [B, T, vocab] logits copies them, and again in backward
-    targets = F.pad(labels[:, 1:], (0, 1), value=PAD)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD, reduction="sum")
 
 
 def evaluate(model, probes: list[dict[str, EncodedProbes]], cfg: TrainConfig, device, pad_id: int):
@@ -275,7 +262,7 @@ def train(cfg: TrainConfig) -> dict:
         if resume is not None and t == first_stage and not resuming_mid_stage:
             set_rng_state(resume["rng"])
         ctx = StageContext(t, stream, stage_blocks[: t + 1], model, tokenizer, device, run_dir,
-                           tc.micro_batch_size, logger, env.is_main, tc.grad_accum)
+                           tc.micro_batch_size, logger, env.is_main, tc.grad_accum, env.world_size)
         for hook in hooks:
             hook.before_stage(ctx)
         blocks = hooks[0].stage_data(ctx)

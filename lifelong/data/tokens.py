@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -117,6 +118,18 @@ def lm_inputs(blocks: torch.Tensor, device: torch.device | None = None) -> tuple
     and are ignored by the loss."""
     labels = blocks.to(device, dtype=torch.long, non_blocking=True)
     return labels.clamp_min(0), labels
+
+
+def labelled_tokens(blocks: torch.Tensor) -> int:
+    """Tokens a batch of blocks is scored on: every position after the first that is not PAD."""
+    return max(1, int((blocks[:, 1:] != PAD).sum()))
+
+
+def summed_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of the next-token cross-entropies over the labelled tokens (PAD ignored)."""
+    # shift the labels, not the logits: slicing [B, T, vocab] logits copies them, and again in backward
+    targets = F.pad(labels[:, 1:], (0, 1), value=PAD)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD, reduction="sum")
 
 
 class ConcatBlocks:

@@ -33,6 +33,7 @@ class StageContext:
     logger: Any  # lifelong.track logger: log(record), log_image(key, path, step)
     is_main: bool = True  # rank 0: the one process that writes files
     grad_accum: int = 1  # micro-batches per optimizer step
+    world_size: int = 1  # processes sharing the global batch (micro-batch x grad_accum x world_size)
 
 
 class Method:

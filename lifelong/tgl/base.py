@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
 
+import torch.distributed as dist
+
 from lifelong.config import require
 from lifelong.eval.perplexity import encode_probes
 from lifelong.methods.base import Method, StageContext
@@ -69,10 +71,16 @@ class TracedLayers(Method):
         knowledge = encode_probes(ctx.tokenizer, stage.knowledge, ctx.stage_blocks[ctx.index].shape[1])
         if len(knowledge) == 0:
             raise ValueError(f"TGL needs temporal (knowledge) sequences, and stage {stage.name} has none")
+        global_batch = ctx.micro_batch_size * ctx.grad_accum * ctx.world_size  # the training step's batch
         self.trace = trace_layers(
-            ctx.model, knowledge, ctx.stage_blocks[ctx.index], self.cfg.trace_batches, ctx.micro_batch_size,
+            ctx.model, knowledge, ctx.stage_blocks[ctx.index], self.cfg.trace_batches, global_batch,
             ctx.device, ctx.tokenizer.pad_token_id, self.cfg.block_pattern, self.cfg.matched_control,
+            chunk_size=ctx.micro_batch_size,
         )
+        if dist.is_available() and dist.is_initialized():  # every rank selects from rank 0's trace: a GPU's
+            shared = [self.trace]  # sums may differ in their last bits, and ranks must freeze alike
+            dist.broadcast_object_list(shared, src=0)
+            self.trace = shared[0]
         self.selected = select_layers(self.trace.layers, self.trace.relative, self.cfg.rule, self.cfg.k,
                                       self.cfg.fraction)
         record = {"stage": ctx.index, **asdict(self.trace), "relative": self.trace.relative,

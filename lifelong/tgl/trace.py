@@ -7,18 +7,22 @@ per block as a knowledge span has on average. A mean over a few tokens has a muc
 gradient than a mean over a whole block whatever the tokens are, so the matched control
 separates "knowledge tokens" from "few tokens" (on the synthetic stream most of the raw ratio
 is the latter). For each side the per-layer L2 norms of each batch's gradient are
-averaged over `batches` batches. Only parameters that are trainable now are traced (under LoRA:
-the adapters). The model, its grads, the optimizer and the RNG are left as they were.
+averaged over `batches` batches. A batch is the trainer's global batch (micro-batch x
+grad_accum x ranks), its gradient that of its mean token loss, accumulated over micro-batch-sized
+chunks: the trace, like the training, does not depend on how the batch is split. Only
+parameters that are trainable now are traced (under LoRA: the adapters). The model, its grads,
+the optimizer and the RNG are left as they were.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from lifelong.data.tokens import PAD, lm_inputs
+from lifelong.data.tokens import PAD, lm_inputs, summed_token_loss
 from lifelong.eval.perplexity import EncodedProbes
 from lifelong.optim import LayerGradNorms
 
@@ -40,12 +44,23 @@ def span_batch(probes: EncodedProbes, rows: list[int], pad_id: int) -> tuple[tor
     return ids, attention, torch.where(targets, ids, -100)
 
 
-def _mean_norms(model: nn.Module, norms: LayerGradNorms, losses) -> list[float]:
+Chunk = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]  # input ids, attention mask, labels
+
+
+def _mean_norms(model: nn.Module, norms: LayerGradNorms, batches: Iterator[list[Chunk]],
+                device: torch.device) -> list[float]:
+    """The per-layer gradient norms of each batch's mean token loss, averaged over the batches; a
+    batch's chunks are backpropagated one at a time, each loss summed over its tokens and divided
+    by the batch's token count."""
     total = torch.zeros(len(norms.layers))
     count = 0
-    for loss in losses:
+    for chunks in batches:
         model.zero_grad(set_to_none=True)
-        loss.backward()
+        tokens = max(1, sum(int((labels[:, 1:] != PAD).sum()) for _, _, labels in chunks))
+        for ids, attention, labels in chunks:
+            attention = None if attention is None else attention.to(device)
+            logits = model(input_ids=ids.to(device), attention_mask=attention).logits
+            (summed_token_loss(logits, labels.to(device)) / tokens).backward()
         total += norms.compute()[0].cpu()
         count += 1
     return (total / max(count, 1)).tolist()
@@ -61,34 +76,41 @@ def trace_layers(
     pad_id: int,
     block_pattern: str | None = None,
     matched_control: bool = False,
+    chunk_size: int | None = None,
 ) -> Trace:
+    """`batches` batches of `batch_size` rows per side, run `chunk_size` rows at a time (default: whole)."""
     saved_grads = {p: p.grad for p in model.parameters()}
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     was_training = model.training
     model.eval()  # no dropout: deterministic norms, no RNG draws
     norms = LayerGradNorms(model, block_pattern)
+    chunk_size = chunk_size or batch_size
 
-    def temporal_losses():
-        for b in range(min(batches, -(-len(knowledge) // batch_size))):
-            rows = list(range(b * batch_size, min(len(knowledge), (b + 1) * batch_size)))
-            ids, attention, labels = (t.to(device) for t in span_batch(knowledge, rows, pad_id))
-            yield model(input_ids=ids, attention_mask=attention, labels=labels).loss
+    def batch_chunks(rows: int) -> Iterator[list[range]]:
+        """The first `batches` batches of `rows` rows, each as its chunks' row ranges."""
+        for first in range(0, min(rows, batches * batch_size), batch_size):
+            end = min(rows, first + batch_size)
+            yield [range(c, min(end, c + chunk_size)) for c in range(first, end, chunk_size)]
 
     span_tokens = max(1, round(sum(map(sum, knowledge.targets)) / max(1, len(knowledge))))
-    chooser = torch.Generator().manual_seed(0)  # its own generator: the global RNG is not drawn from
 
-    def control_losses():
-        for b in range(min(batches, -(-len(control_blocks) // batch_size))):
-            ids, labels = lm_inputs(control_blocks[b * batch_size : (b + 1) * batch_size])
-            if matched_control:  # score span_tokens random real positions per block (never position 0)
-                scores = torch.rand(ids.shape, generator=chooser).masked_fill(labels == PAD, -1.0)
-                picks = scores[:, 1:].topk(span_tokens, dim=1).indices + 1
-                labels = torch.full_like(labels, PAD).scatter(1, picks, labels.gather(1, picks))
-            yield model(input_ids=ids.to(device), labels=labels.to(device)).loss
+    def control_chunk(rows: range) -> Chunk:
+        ids, labels = lm_inputs(control_blocks[rows.start : rows.stop])
+        if matched_control:  # score span_tokens random real positions per block (never position 0)
+            # a generator per block, seeded by its row: the global RNG is not drawn from, and a
+            # block's positions do not depend on the chunk it is in
+            scores = torch.stack([torch.rand(ids.shape[1], generator=torch.Generator().manual_seed(row))
+                                  for row in rows]).masked_fill(labels == PAD, -1.0)
+            picks = scores[:, 1:].topk(span_tokens, dim=1).indices + 1
+            labels = torch.full_like(labels, PAD).scatter(1, picks, labels.gather(1, picks))
+        return ids, None, labels
 
-    temporal = _mean_norms(model, norms, temporal_losses())
-    control = _mean_norms(model, norms, control_losses())
+    temporal_batches = ([span_batch(knowledge, list(rows), pad_id) for rows in chunks]
+                        for chunks in batch_chunks(len(knowledge)))
+    control_batches = ([control_chunk(rows) for rows in chunks] for chunks in batch_chunks(len(control_blocks)))
+    temporal = _mean_norms(model, norms, temporal_batches, device)
+    control = _mean_norms(model, norms, control_batches, device)
     for p, grad in saved_grads.items():
         p.grad = grad
     torch.set_rng_state(rng)

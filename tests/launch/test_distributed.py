@@ -3,6 +3,7 @@ preemption signal that reaches one rank stops both at one checkpoint."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -35,7 +36,7 @@ def torchrun(port: int) -> list[str]:
 # MIGU averages its output sums across ranks, so its masks, too, are those of one process (with
 # skip_masked_rows as the last micro-batch's forward ends); EWC's ranks share its Fisher's sequences
 # (3: unevenly) and sum their parts; TGL traces the same probes on every rank, so all ranks freeze
-# the same layers
+# the same layers, traced on batches of the global batch (each rank traces it whole, in its micro-batches)
 @pytest.mark.parametrize(("method", "port"), [
     (["method=finetune"], 29517), (["method=migu"], 29521),
     (["method=ewc", "method.fisher_samples=3", "tgl=freeze"], 29525),
@@ -47,6 +48,10 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, method, port):
     # same global batch of 4 rows: 2 ranks x 2 rows, gradients averaged by DDP; float sums differ in order
     assert double == pytest.approx(single, rel=1e-5, abs=1e-6)
     assert (tmp_path / "ddp" / "results.json").exists()
+    if "tgl=freeze" in method:
+        traces = [json.loads((tmp_path / d / "trace_stage_1.json").read_text()) for d in ("single", "ddp")]
+        assert traces[1]["relative"] == pytest.approx(traces[0]["relative"], rel=1e-5)
+        assert traces[1]["selected"] == traces[0]["selected"]
 
 
 def worker_of_rank(agent: subprocess.Popen, rank: int) -> int:

@@ -100,6 +100,23 @@ def test_matched_control_is_deterministic_and_scores_fewer_tokens(setup):
     assert again.control == matched.control and span_tokens >= 1
 
 
+@pytest.mark.parametrize("matched_control", [False, True])
+def test_a_trace_does_not_depend_on_how_its_batches_are_chunked(setup, matched_control):
+    """A batch of 4 run as 4, 2 or 1 rows at a time: the gradient of its mean token loss, whatever
+    the micro-batch size the trainer runs (the batch is the global one: micro x grad_accum x ranks)."""
+    tokenizer, blocks = setup
+    model = tiny_model(tokenizer)
+    knowledge = encode_probes(tokenizer, STREAM.stages[1].knowledge, 32)
+    whole, *chunked = (trace_layers(model, knowledge, blocks[1], 2, 4, torch.device("cpu"), tokenizer.pad_token_id,
+                                    matched_control=matched_control, chunk_size=chunk) for chunk in (4, 2, 1))
+    for trace in chunked:
+        assert trace.temporal == pytest.approx(whole.temporal, rel=1e-5)
+        assert trace.control == pytest.approx(whole.control, rel=1e-5)
+    smaller = trace_layers(model, knowledge, blocks[1], 2, 2, torch.device("cpu"), tokenizer.pad_token_id,
+                           matched_control=matched_control)
+    assert smaller.temporal != pytest.approx(whole.temporal, rel=1e-3)  # the batch size itself does matter
+
+
 def test_tracing_does_not_change_training(setup, tmp_path):
     tokenizer, blocks = setup
     knowledge = encode_probes(tokenizer, STREAM.stages[1].knowledge, 32)
@@ -224,6 +241,18 @@ def test_a_traced_run_that_freezes_nothing_trains_exactly_like_no_tgl(tmp_path):
     assert traced["probe_sets"] == plain["probe_sets"]
     losses = [[r["loss"] for r in read_jsonl_metrics(tmp_path / run / "metrics.jsonl")] for run in ("none", "traced")]
     assert losses[0] == losses[1]
+
+
+def test_a_runs_trace_is_the_same_for_any_split_of_its_global_batch(tmp_path):
+    """Micro-batches of 4, or 1 with grad_accum 4: one global batch of 4, so one trace and one selection."""
+    traces = []
+    for micro, accum in ((4, 1), (1, 4)):
+        run_dir = tmp_path / f"{micro}x{accum}"
+        train(make_config(run_dir, "tgl=adaptive_lr", "data.num_stages=2", "trainer.steps_per_stage=2",
+                          f"trainer.micro_batch_size={micro}", f"trainer.grad_accum={accum}"))
+        traces.append(json.loads((run_dir / "trace_stage_1.json").read_text()))
+    assert traces[1]["relative"] == pytest.approx(traces[0]["relative"], rel=1e-5)
+    assert traces[1]["selected"] == traces[0]["selected"]
 
 
 def test_logged_grad_norm_rows_follow_tgls_block_pattern(tmp_path):
