@@ -801,6 +801,11 @@ def validate_command_line(args: list[str]) -> int:
             from lifelong.models import linear_module_names
 
             cfg.method.check_model(*linear_module_names(cfg.model))
+        if getattr(cfg.tgl, "block_pattern", None):  # its group 1 must read a block index off every name it matches
+            from lifelong.models import layer_of, linear_module_names
+
+            for module in linear_module_names(cfg.model)[1]:
+                layer_of(f"{module}.weight", cfg.tgl.block_pattern)
         if run_dir is not None:
             if sweep_dir is not None:
                 _check_not_numbered(run_dir, sweep_dir)

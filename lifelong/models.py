@@ -11,7 +11,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from lifelong.config import ModelConfig, ModelFamily
+from lifelong.config import ConfigError, ModelConfig, ModelFamily
 
 
 def build_model(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
@@ -100,7 +100,11 @@ def layer_of(param_name: str, block_pattern: str | None = None) -> str:
     `block_pattern` overrides the block regex for other families; its group 1 is the index."""
     block = re.search(block_pattern, param_name) if block_pattern else _BLOCK.search(param_name)
     if block:
-        return f"layer_{int(block.group(1)):02d}"
+        index = block.group(1)
+        if index is None or not index.isdigit():
+            raise ConfigError("tgl.block_pattern", block_pattern, f"a regex whose group 1 is a block's index "
+                              f"(digits); in {param_name!r} its group 1 is {index!r}")
+        return f"layer_{int(index):02d}"
     for row, pattern in _ROWS:
         if pattern.search(param_name):
             return row

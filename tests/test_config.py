@@ -220,6 +220,14 @@ def test_hydras_config_flags_are_honoured(tmp_path):
             validate_command_line([*flags, "experiment=bad"])
 
 
+@pytest.mark.parametrize("pattern", [r"(h)\.\d+\.", r"layers\.(\d+)\.|h\.(\d+)\."])
+def test_a_block_pattern_whose_group_1_is_no_index_is_refused_before_launch(pattern):
+    """Its group 1 reads a word, or is None in an alternation's other branch: int() failed mid-run."""
+    with pytest.raises(ConfigError, match=r"tgl.block_pattern=.*group 1 is a block's index"):
+        validate_command_line(["tgl=freeze", f"tgl.block_pattern='{pattern}'"])
+    assert validate_command_line(["tgl=freeze", r"tgl.block_pattern='h\.(\d+)\.'"]) == 1
+
+
 def test_an_option_whose_schema_no_module_registers_says_where_to_import_it(tmp_path):
     """A copied method file that __init__.py does not import: its YAML's schema is missing."""
     (tmp_path / "method").mkdir()
