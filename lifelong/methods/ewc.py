@@ -2,7 +2,9 @@
 stages, weighted by the diagonal Fisher information.
 
 After each stage: F = mean over `fisher_samples` sequences of the stage of (d loss_seq / d theta)^2
-(per-sequence gradients, the empirical Fisher); under DDP the ranks share the sequences and
+(per-sequence gradients, the empirical Fisher); the sequences are drawn at random from the
+stage's blocks (seeded by the run's seed and the stage: packing puts the longest documents
+first, so the first blocks would be a few long documents); under DDP the ranks share them and
 sum their parts.
 Penalty: lambda/2 * sum_k sum_i F_k,i (theta_i - theta*_k,i)^2 over the finished stages k
 (ContinualLM uses lambda = 5000). Online EWC keeps one Fisher, F <- gamma F + F_new, and one
@@ -33,18 +35,27 @@ def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def empirical_fisher(model: nn.Module, blocks: torch.Tensor, samples: int, device: torch.device) -> dict:
-    """Mean of squared per-sequence gradients of the LM loss over the first `samples` blocks. Under
-    DDP each rank takes every world_size-th of them and the sums are all-reduced: one process's
-    Fisher (up to the order of float sums) at a world_size-th of the work per rank."""
+def fisher_rows(num_blocks: int, samples: int, seed: int) -> torch.Tensor:
+    """`samples` distinct block indices (all if there are fewer), drawn by their own generator: the
+    same on every rank, and the global RNG is not drawn from."""
+    return torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed))[:samples]
+
+
+def empirical_fisher(model: nn.Module, blocks: torch.Tensor, samples: int, device: torch.device,
+                     seed: int = 0) -> dict:
+    """Mean of squared per-sequence gradients of the LM loss over `samples` blocks drawn at random
+    (fisher_rows). Under DDP each rank takes every world_size-th of them and the sums are
+    all-reduced: one process's Fisher (up to the order of float sums) at a world_size-th of the
+    work per rank."""
     distributed = dist.is_available() and dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    count = min(samples, len(blocks))
+    rows = fisher_rows(len(blocks), samples, seed)
+    count = len(rows)
     params = trainable(model)
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
     was_training = model.training
     model.eval()  # no dropout: the Fisher of the model as it is
-    inputs, targets = lm_inputs(blocks[rank:count:world_size], device)
+    inputs, targets = lm_inputs(blocks[rows[rank::world_size]], device)
     for ids, labels in zip(inputs, targets, strict=True):
         model.zero_grad(set_to_none=True)
         model(input_ids=ids[None], labels=labels[None]).loss.backward()
@@ -85,7 +96,8 @@ class EWC(Method):
         self.params: dict[str, nn.Parameter] = {}
 
     def after_stage(self, ctx: StageContext) -> None:
-        fisher = empirical_fisher(ctx.model, ctx.stage_blocks[ctx.index], self.cfg.fisher_samples, ctx.device)
+        fisher = empirical_fisher(ctx.model, ctx.stage_blocks[ctx.index], self.cfg.fisher_samples, ctx.device,
+                                  self.cfg.seed * 1000 + ctx.index)
         self.params = dict(ctx.model.named_parameters())
         anchor = {name: self.params[name].detach().clone() for name in fisher}
         if self.cfg.online:  # one decayed Fisher at the latest parameters
@@ -152,6 +164,7 @@ class EWCConfig:
     online: bool = False
     gamma: float = 1.0  # online EWC's decay of the old Fisher
     fisher_samples: int = 32  # sequences of the finished stage the Fisher is estimated on
+    seed: int = 0  # draws the Fisher's sequences (with the stage's index)
 
     def __post_init__(self) -> None:
         require(self.ewc_lambda >= 0, "method.ewc_lambda", self.ewc_lambda, "a float >= 0")
