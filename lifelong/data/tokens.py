@@ -132,12 +132,31 @@ def summed_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=PAD, reduction="sum")
 
 
+class PickedRows:
+    """Rows `picks` of a block tensor, read only where indexed (a ConcatBlocks part): indexing
+    `blocks[picks]` up front would copy every pick, and picks may repeat rows many times."""
+
+    def __init__(self, blocks: torch.Tensor, picks: torch.Tensor):
+        self.blocks, self.picks = blocks, picks
+        self.dtype, self.device = blocks.dtype, blocks.device
+
+    def __len__(self) -> int:
+        return len(self.picks)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.picks), *self.blocks.shape[1:]))
+
+    def __getitem__(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.blocks[self.picks[rows]]
+
+
 class ConcatBlocks:
     """The rows of several [N_i, seq_len] block tensors as one [sum N_i, seq_len] table, read only
     where indexed: torch.cat would copy every part, reading memory-mapped corpora whole. Indexing
     with row indices (a tensor, an int or a slice) returns what indexing their torch.cat would."""
 
-    def __init__(self, parts: list[torch.Tensor]):
+    def __init__(self, parts: list[torch.Tensor | PickedRows]):
         if len({p.shape[1:] for p in parts}) != 1:
             raise ValueError(f"parts must share their block shape, got {[tuple(p.shape) for p in parts]}")
         self.parts = list(parts)

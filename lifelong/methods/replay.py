@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from lifelong.config import register, require
-from lifelong.data.tokens import ConcatBlocks
+from lifelong.data.tokens import ConcatBlocks, PickedRows
 from lifelong.methods.base import Method, StageContext
 
 
@@ -37,23 +37,26 @@ class Replay(Method):
         # a generator of the stage's own: a run resumed mid-stage draws the same picks again
         stage_generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + ctx.index)
         picks = torch.randint(len(self.buffer), (count,), generator=stage_generator)
-        # the stage stays memory-mapped; only the replayed blocks are copied (out of the in-memory buffer)
-        return ConcatBlocks([new, self.buffer[picks]])
+        # nothing is copied: the stage stays memory-mapped, and the replayed blocks are read out of
+        # the buffer as batches take them (mix_ratio x a large stage would be GBs of repeated rows)
+        return ConcatBlocks([new, PickedRows(self.buffer, picks)])
 
     def after_stage(self, ctx: StageContext) -> None:
-        for block in ctx.stage_blocks[ctx.index]:
+        blocks = ctx.stage_blocks[ctx.index]
+        if self.buffer is None:
+            self.buffer = blocks.new_empty((0, *blocks.shape[1:]))
+        # the reservoir's first buffer_size blocks are kept as they come (no draw): one copy, not one per block
+        fill = max(0, min(len(blocks), self.cfg.buffer_size - len(self.buffer)))
+        self.buffer = torch.cat([self.buffer, blocks[:fill]])
+        self.seen += fill
+        for block in blocks[fill:]:
             self._offer(block)
 
     def _offer(self, block: torch.Tensor) -> None:
-        size = self.cfg.buffer_size
-        if self.buffer is None:
-            self.buffer = block.new_empty((0, block.numel()))
-        if len(self.buffer) < size:
-            self.buffer = torch.cat([self.buffer, block[None]])
-        else:
-            slot = int(torch.randint(self.seen + 1, (1,), generator=self.generator))
-            if slot < size:
-                self.buffer[slot] = block
+        """A block past a full buffer replaces a random one with probability buffer_size / seen."""
+        slot = int(torch.randint(self.seen + 1, (1,), generator=self.generator))
+        if slot < self.cfg.buffer_size:
+            self.buffer[slot] = block
         self.seen += 1
 
     def state_dict(self) -> dict[str, Any]:

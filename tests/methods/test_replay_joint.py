@@ -64,6 +64,18 @@ def test_a_run_resumed_mid_stage_replays_the_same_blocks(tmp_path):
     assert torch.equal(resumed.stage_data(ctx)[:], trained)
 
 
+def test_replayed_blocks_are_read_from_the_buffer_only_as_batches_take_them(tmp_path):
+    """mix_ratio x a large stage of picks from a small buffer: no copy of the picks is made up front."""
+    replay = Replay(ReplayConfig(mix_ratio=4.0, buffer_size=16))
+    replay.after_stage(context(0, [tagged(0, 100)], None, tmp_path))
+    data = replay.stage_data(context(1, [tagged(0, 100), tagged(1, 1000)], None, tmp_path))
+    replayed = data.parts[1]
+    assert len(data) == 5000 and len(replayed) == 4000
+    assert replayed.blocks is replay.buffer and replayed.blocks.untyped_storage().nbytes() == 16 * 8 * 8
+    rows = torch.tensor([1000, 4999, 2500])
+    assert torch.equal(data[rows], replay.buffer[replayed.picks[rows - 1000]])
+
+
 def test_each_run_seed_replays_its_own_draws(tmp_path):
     """The run's seed reaches replay: a sweep's seeds would otherwise share one buffer and its picks."""
     drawn = []
