@@ -804,7 +804,8 @@ def validate_command_line(args: list[str]) -> int:
         if getattr(cfg.tgl, "block_pattern", None):  # its group 1 must read a block index off every name it matches
             from lifelong.models import layer_of, linear_module_names
 
-            for module in linear_module_names(cfg.model)[1]:
+            _, modules, _ = linear_module_names(cfg.model)
+            for module in modules:
                 layer_of(f"{module}.weight", cfg.tgl.block_pattern)
         if run_dir is not None:
             if sweep_dir is not None:

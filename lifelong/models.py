@@ -37,17 +37,21 @@ def build_model(cfg: ModelConfig, tokenizer) -> PreTrainedModel:
 _MODULE_NAMES: dict[str, tuple[str, dict[str, bool]]] = {}  # a sweep's jobs share a few models
 
 
-def linear_module_names(cfg: ModelConfig) -> tuple[str, dict[str, bool]]:
-    """The model's type and every module's name (-> whether it is a linear layer), from its config
-    alone: the model is built on the meta device (no weights, no memory), for checks before launch."""
+def linear_module_names(cfg: ModelConfig) -> tuple[str, dict[str, bool], set[str]]:
+    """The model's type, every module's name (-> whether it is a linear layer), and the names of the
+    modules whose weight is an embedding's (GPT-2's tied LM head), from its config alone: the model
+    is built on the meta device (no weights, no memory), for checks before launch."""
     key = repr(cfg)
     if key not in _MODULE_NAMES:
         hf_config = (AutoConfig.from_pretrained(cfg.path, local_files_only=True) if cfg.path
                      else _preset_config(cfg, vocab_size=8, bos_id=None, eos_id=None))
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(hf_config)
+        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
         _MODULE_NAMES[key] = (hf_config.model_type,
-                              {name: isinstance(m, nn.Linear | Conv1D) for name, m in model.named_modules()})
+                              {name: isinstance(m, nn.Linear | Conv1D) for name, m in model.named_modules()},
+                              {name for name, m in model.named_modules()
+                               if not isinstance(m, nn.Embedding) and id(getattr(m, "weight", None)) in embeddings})
     return _MODULE_NAMES[key]
 
 

@@ -152,6 +152,9 @@ def test_a_presets_sweeper_params_are_validated_too():
         (["method=lora", "method.target_modules=[c_attn,foo]"], "method.target_modules", "c_attn, c_fc, c_proj"),
         (["method=lora_migu", "model=tiny_llama", "method.target_modules=[mlp]"], "method.target_modules",
          "down_proj, gate_proj"),  # a module, but not a linear layer
+        (["method=lora", "method.target_modules=[c_attn,lm_head]", "method.merge_each_stage=true"],
+         "method.target_modules", "lm_head shares one"),  # GPT-2's lm_head is wte's weight: a merge changes both
+        (["method=lora", "method.target_modules=[]"], "method.target_modules", "null for the family's default"),
         (["tgl=freeze", r"tgl.block_pattern=h\."], "tgl.block_pattern", "no group"),
         (["tgl=freeze", r"tgl.block_pattern='h\.(\d+'"], "tgl.block_pattern", "not a regex"),
         (["tgl=freeze", "tgl.rule=top_k", "tgl.k=4"], "tgl.k", "[1, 3]: model.n_layer is 4"),

@@ -6,7 +6,8 @@ a LoRA continual learner starts from a pretrained model. `from_stage: 0` adapts 
 Target modules default per family (GPT-2 `c_attn`, a Conv1D so `fan_in_fan_out`; Llama
 `q_proj`, `v_proj`). `merge_each_stage: true` folds the adapters into the base weights at the
 end of every stage and starts the next stage from fresh adapters (B = 0, so the function is
-unchanged); `false` keeps training one set of adapters across stages. Whether adapters exist is
+unchanged; a target whose weight is an embedding's, GPT-2's tied lm_head, is refused with it);
+`false` keeps training one set of adapters across stages. Whether adapters exist is
 the method's state: a resumed run injects them in `wrap_model`, before the checkpoint's weights
 (adapters included) are loaded.
 """
@@ -91,13 +92,16 @@ class LoRAConfig:
         require(0 <= self.dropout < 1, "method.dropout", self.dropout, "a float in [0, 1)")
 
     def targets(self, model_type: str) -> list[str]:
-        targets = list(self.target_modules or DEFAULT_TARGETS.get(model_type, []))
+        targets = list(DEFAULT_TARGETS.get(model_type, []) if self.target_modules is None else self.target_modules)
         require(bool(targets), "method.target_modules", self.target_modules,
-                f"module names to adapt: model type {model_type!r} has no default")
+                "module names to adapt" + (f": model type {model_type!r} has no default" if self.target_modules is None
+                                           else " (null for the family's default)"))
         return targets
 
-    def check_model(self, model_type: str, modules: dict[str, bool]) -> None:
-        """Before launch: every target names a linear layer, matched as peft's injection will match it."""
+    def check_model(self, model_type: str, modules: dict[str, bool], tied: set[str]) -> None:
+        """Before launch: every target names a linear layer, matched as peft's injection will match it;
+        with merge_each_stage none has its weight tied to an embedding, as merging B A into it would
+        change the input embeddings too (GPT-2's lm_head is wte's weight)."""
         for target in self.targets(model_type):
             single = LoraConfig(target_modules=[target])
             matched = [name for name in modules if check_target_module_exists(single, name)]
@@ -105,6 +109,10 @@ class LoRAConfig:
                 linear = sorted({name.rpartition(".")[2] for name, is_linear in modules.items() if is_linear})
                 raise ConfigError("method.target_modules", target, f"names of the model's linear layers: "
                                   f"{', '.join(linear)}")
+            if self.merge_each_stage and (shared := [name for name in matched if name in tied]):
+                raise ConfigError("method.target_modules", target, f"with method.merge_each_stage=true, linear layers "
+                                  f"whose weight is not an embedding's ({', '.join(shared)} shares one: merging "
+                                  "into it would change the input embeddings too)")
 
     def build(self) -> Method:
         return LoRA(self)
