@@ -75,6 +75,8 @@ def raise_at_first_bad_line(files: TextFiles) -> None:
 
 def _encode(batch: dict, tokenizer, column: str) -> dict:
     texts = [text for text in batch[column] if text and text.strip()]
+    if not texts:  # a batch of blank lines only: a tokenizer given [] raises IndexError
+        return {"input_ids": []}
     bos = tokenizer.eos_token_id
     return {"input_ids": [[bos, *ids] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]}
 
@@ -92,27 +94,28 @@ def tokenize_corpus(corpus: datasets.Dataset, tokenizer) -> datasets.Dataset:
     )
 
 
-def pack_corpus(tokenized: datasets.Dataset, seq_len: int) -> torch.Tensor:
+def pack_corpus(tokenized: datasets.Dataset, seq_len: int, source: str = "the corpus") -> torch.Tensor:
     """[N, seq_len] int32 blocks (see lifelong/data/tokens.py), memory-mapped from a .npy file
-    cached beside the tokenized Arrow file and written atomically."""
+    cached beside the tokenized Arrow file and written atomically. `source` names the corpus in errors."""
     ids = tokenized.data.column("input_ids")
     if not tokenized.cache_files:  # an in-memory dataset (Dataset.from_dict, say): pack in memory
-        return torch.from_numpy(_pack(ids, seq_len, lambda shape: np.empty(shape, dtype=np.int32)))
+        return torch.from_numpy(_pack(ids, seq_len, lambda shape: np.empty(shape, dtype=np.int32), source))
     arrow_file = Path(tokenized.cache_files[0]["filename"])
     path = arrow_file.with_name(f"{arrow_file.stem}.packed{seq_len}.v{PACKING_VERSION}.npy")
     if not path.exists():  # ranks on several nodes may share the cache: the host is part of the name
         temporary = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-        out = _pack(ids, seq_len, lambda shape: np.lib.format.open_memmap(temporary, "w+", np.int32, shape))
+        out = _pack(ids, seq_len, lambda shape: np.lib.format.open_memmap(temporary, "w+", np.int32, shape), source)
         out.flush()
         del out
         os.replace(temporary, path)
     return torch.from_numpy(np.load(path, mmap_mode="c"))
 
 
-def _pack(ids: pa.ChunkedArray, seq_len: int, allocate: Callable[[tuple[int, int]], np.ndarray]) -> np.ndarray:
+def _pack(ids: pa.ChunkedArray, seq_len: int, allocate: Callable[[tuple[int, int]], np.ndarray],
+          source: str) -> np.ndarray:
     lengths = pc.list_value_length(ids).to_numpy().astype(np.int64)
     if not lengths.sum():
-        raise CorpusFormatError("the corpus has no text")
+        raise CorpusFormatError(f"{source} has no text (blank documents are dropped)")
     # an Arrow chunk never splits a document: its flattened tokens are whole documents
     chunks = (chunk.flatten().to_numpy() for chunk in tqdm(ids.chunks, desc="packing", unit="chunk"))
     return pack_documents(lengths, chunks, seq_len, allocate)
@@ -121,5 +124,5 @@ def _pack(ids: pa.ChunkedArray, seq_len: int, allocate: Callable[[tuple[int, int
 def stage_blocks(train: list[str] | TextFiles, tokenizer, seq_len: int) -> torch.Tensor:
     """A stage's training blocks: packed in memory for a list of texts, through the Arrow cache for files."""
     if isinstance(train, TextFiles):
-        return pack_corpus(tokenize_corpus(load_corpus(train), tokenizer), seq_len)
+        return pack_corpus(tokenize_corpus(load_corpus(train), tokenizer), seq_len, ", ".join(map(str, train.paths)))
     return pack(tokenizer, train, seq_len)

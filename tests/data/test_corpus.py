@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from lifelong.data.corpus import PACKING_VERSION, load_corpus, pack_corpus, stage_blocks, tokenize_corpus
+from lifelong.data.corpus import (
+    PACKING_VERSION,
+    CorpusFormatError,
+    load_corpus,
+    pack_corpus,
+    stage_blocks,
+    tokenize_corpus,
+)
 from lifelong.data.jsonl import DataFormatError
 from lifelong.data.stream import TextFiles
 from lifelong.data.tokens import PAD, lm_inputs, pack, pack_documents, train_tokenizer
@@ -94,6 +101,19 @@ def test_empty_lines_and_blank_texts_are_skipped(tmp_path, tokenizer):
     path.write_text('{"text": "Ana lives in Rome."}\n\n{"text": "   "}\n{"text": "Bo was born."}\n')
     blocks = stage_blocks(TextFiles((path,), cache_dir=str(tmp_path / "c")), tokenizer, 64)
     assert torch.equal(blocks, pack(tokenizer, ["Ana lives in Rome.", "Bo was born."], 64))
+
+
+def test_a_map_batch_of_blank_texts_only_is_dropped_and_a_blank_corpus_named(tmp_path, tokenizer):
+    """datasets tokenizes 1000 rows at a time: a last batch of one blank row gave the tokenizer []."""
+    path = tmp_path / "train.jsonl"
+    texts = [f"Document number {i} is here." for i in range(1000)]
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in [*texts, ""]))
+    blocks = stage_blocks(TextFiles((path,), cache_dir=str(tmp_path / "c")), tokenizer, 64)
+    assert torch.equal(blocks, pack(tokenizer, texts, 64))
+    blank = tmp_path / "blank.csv"
+    blank.write_text('text\n" "\n\n')
+    with pytest.raises(CorpusFormatError, match=rf"{blank} has no text"):
+        stage_blocks(TextFiles((blank,), cache_dir=str(tmp_path / "c")), tokenizer, 64)
 
 
 def test_malformed_corpus_line_names_file_and_line(tmp_path):
