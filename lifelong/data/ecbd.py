@@ -30,8 +30,8 @@ def filled(record: dict, where: str) -> Probe:
     span = gold.get(MASK) if isinstance(gold, dict) else None
     if MASK not in sentence:
         raise DataFormatError(f"{where}: masked_sentence has no {MASK}")
-    if not isinstance(span, str):
-        raise DataFormatError(f"{where}: answer_d must map {MASK} to the gold span")
+    if not isinstance(span, str) or not span.strip():
+        raise DataFormatError(f"{where}: answer_d must map {MASK} to the gold span, a non-empty string")
     start = sentence.index(MASK)
     return Probe(sentence.replace(MASK, span, 1), (start, start + len(span)))
 
@@ -68,6 +68,9 @@ def load_ecbd(root: Path, years: list[str], spans: str, split: str) -> Stream:
         probes, definitions = [], {}
         for line, record in records:
             probes.append(filled(record, f"{path}:{line}"))
+            if not isinstance(record["definition"], list) or not all(isinstance(d, str) for d in record["definition"]):
+                raise DataFormatError(f"{path}:{line}: definition must be a list of sentences, got "
+                                      f"{record['definition']!r:.80}")
             for sentence in record["definition"]:
                 probe = mention(sentence, record["entity_span_str"])
                 definitions.setdefault(probe.text, probe)

@@ -49,6 +49,8 @@ def probe_from_record(record: dict, where: str) -> Probe:
         raise DataFormatError(f"{where}: `text` (and `target`, if given) must be strings, got {record!r}")
     if target is None:
         return Probe.whole(text)
+    if not target.strip():
+        raise DataFormatError(f"{where}: target {target!r} is empty (leave it out to score the whole text)")
     start = text.rfind(target)
     if start < 0:
         raise DataFormatError(f"{where}: target {target!r} does not occur in text {text!r}")

@@ -24,7 +24,8 @@ from lifelong.data.stream import Probe, Stage, Stream, TextFiles
 
 
 def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a CSV with a header; a missing column or a short or long row names the file and line."""
+    """Rows of a CSV with a header; a missing column, a short or long row, or an empty field names the
+    file and line."""
     if not path.exists():
         raise FileNotFoundError(f"missing TemporalWiki file: {path}")
     with path.open(encoding="utf-8", newline="") as file:
@@ -39,6 +40,8 @@ def read_csv(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
             if None in row:  # DictReader's key for the fields past the header's: an unquoted comma?
                 raise DataFormatError(f"{path}:{reader.line_num}: row has more fields than the header "
                                       f"(extra: {row[None]}; quote a field that holds a comma)")
+            if blank := [c for c in columns if not row[c].strip()]:  # an empty object is a span of no token
+                raise DataFormatError(f"{path}:{reader.line_num}: empty {', '.join(blank)}")
             rows.append(row)
     return rows
 

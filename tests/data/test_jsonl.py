@@ -61,12 +61,14 @@ def test_missing_field_and_missing_paths(tmp_path):
         load_stream(tmp_path)
 
 
-@pytest.mark.parametrize("record", [{"text": "Ana lives in Rome.", "target": "Oslo"}, {"text": None}])
+@pytest.mark.parametrize("record", [{"text": "Ana lives in Rome.", "target": "Oslo"}, {"text": None},
+                                    {"text": "Bo works for Acme.", "target": ""}])
 def test_a_bad_probe_names_its_file_and_line(tmp_path, record):
     write(tmp_path / "s0" / "train.jsonl", [{"text": "ok"}])
     path = tmp_path / "s0" / "probes_new.jsonl"
     write(path, [{"text": "fine"}, record])
-    with pytest.raises(DataFormatError, match=rf"{path}:2: (target 'Oslo' does not occur|`text` .* must be strings)"):
+    with pytest.raises(DataFormatError, match=rf"{path}:2: (target 'Oslo' does not occur|`text` .* must be strings|"
+                                              "target '' is empty)"):
         load_stream(tmp_path)
 
 

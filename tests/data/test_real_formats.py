@@ -45,6 +45,9 @@ def test_temporalwiki_errors_name_the_path(tmp_path):
     bad.write_text("subject,relation,object\nLionel Messi,member of sports team,Paris Saint-Germain, F.C.\n")
     with pytest.raises(DataFormatError, match=rf"{bad}:2: row has more fields than the header \(extra: \[' F.C.'\]"):
         load_temporalwiki(root, ["0809"], "sentence")
+    bad.write_text("subject,relation,object\nParis,capital of,France\nLionel Messi,member of sports team, \n")
+    with pytest.raises(DataFormatError, match=rf"{bad}:3: empty object"):  # a span of no token, found at evaluation
+        load_temporalwiki(root, ["0809"], "sentence")
 
 
 def test_templama_years_and_change_kinds():
@@ -116,6 +119,15 @@ def test_ecbd_bad_gold_span_names_file_and_line(tmp_path):
     path = tmp_path / "2020" / "np_spans_test.json"
     path.write_text(lines[0] + "\n" + json.dumps(record) + "\n")
     with pytest.raises(DataFormatError, match=rf"{path}:2: answer_d must map <extra_id_0>"):
+        load_ecbd(tmp_path, ["2020"], "np", "test")
+    record["answer_d"] = {"<extra_id_0>": ""}
+    path.write_text(lines[0] + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(DataFormatError, match=rf"{path}:2: answer_d must map <extra_id_0>"):
+        load_ecbd(tmp_path, ["2020"], "np", "test")
+    # a string is not a list of sentences: iterated, it became one "definition" per character
+    record = {**json.loads(lines[0]), "definition": "[ENT_START]Mars 2020[ENT_END] is a rover."}
+    path.write_text(lines[0] + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(DataFormatError, match=rf"{path}:2: definition must be a list of sentences"):
         load_ecbd(tmp_path, ["2020"], "np", "test")
 
 
