@@ -33,8 +33,9 @@ def grad_norm_heatmap(records: list[dict], stage: int, path: Path) -> Path | Non
 
 
 def trace_plot(layers: list[str], temporal: list[float], control: list[float], selected: list[str],
-               title: str, path: Path) -> Path:
-    """Temporal vs control gradient norm per layer, selected layers marked."""
+               mean: float, title: str, path: Path) -> Path:
+    """Temporal vs control gradient norm per layer, selected layers marked, and the mean relative
+    norm the selection compares with (the blocks', select.py)."""
     x = np.arange(len(layers))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.5 * len(layers) + 2), 6), sharex=True)
     top.bar(x - 0.2, temporal, 0.4, label="temporal (knowledge spans)")
@@ -44,7 +45,7 @@ def trace_plot(layers: list[str], temporal: list[float], control: list[float], s
     relative = np.array(temporal) / np.maximum(np.array(control), 1e-12)
     colors = ["tab:red" if layer in selected else "tab:gray" for layer in layers]
     bottom.bar(x, relative, color=colors)
-    bottom.axhline(relative.mean(), color="black", linestyle="--", linewidth=1, label="mean")
+    bottom.axhline(mean, color="black", linestyle="--", linewidth=1, label="mean of the blocks' r")
     bottom.set_ylabel("relative norm r (red: selected)")
     bottom.set_xticks(x, layers, rotation=45, ha="right")
     bottom.legend()

@@ -152,6 +152,22 @@ def test_selection_rules_on_hand_built_profiles():
     assert select_layers(["embed", "other", "lm_head"], [1.0, 3.0, 2.5], Rule.above_mean) == ["other", "lm_head"]
 
 
+def test_the_trace_plots_line_is_the_mean_the_rule_compares_with(setup, tmp_path, monkeypatch):
+    """The blocks' mean, not every row's: drawn over all rows, a grey block could sit above the line."""
+    import lifelong.tgl.base
+
+    drawn = {}
+    monkeypatch.setattr(lifelong.tgl.base, "trace_plot", lambda *args: drawn.setdefault("args", args)[-1])
+    tokenizer, blocks = setup
+    freeze = FreezeConfig().build()
+    freeze.before_stage(ctx_for(1, tiny_model(tokenizer), tokenizer, blocks, tmp_path))
+    rows = dict(zip(freeze.trace.layers, freeze.trace.relative, strict=True))
+    block_r = [r for layer, r in rows.items() if is_block(layer)]
+    assert len(block_r) < len(rows)  # embeddings, final norm and LM head are rows too
+    assert drawn["args"][4] == pytest.approx(sum(block_r) / len(block_r))
+    assert all(rows[layer] > drawn["args"][4] for layer in freeze.selected)
+
+
 @pytest.mark.parametrize("freeze_non_block", [False, True])
 def test_freeze_keeps_unselected_layers_bit_identical(setup, tmp_path, freeze_non_block):
     tokenizer, blocks = setup
