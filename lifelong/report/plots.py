@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -72,14 +73,17 @@ def localization_profile(runs: list[Run], out_dir: Path) -> Path | None:
     axes[0][0].tick_params(axis="x", rotation=45)
     axes[0][0].legend(fontsize=7)
     if traced:
-        layers = traced[0]["layers"]
-        temporal = np.mean([t["temporal"] for t in traced if t["layers"] == layers], axis=0)
-        control = np.mean([t["control"] for t in traced if t["layers"] == layers], axis=0)
+        # traces of one row set are averaged: the most common one (a LoRA run traces its adapters' rows only)
+        by_rows = Counter(tuple(t["layers"]) for t in traced)
+        layers, count = by_rows.most_common(1)[0]
+        temporal = np.mean([t["temporal"] for t in traced if tuple(t["layers"]) == layers], axis=0)
+        control = np.mean([t["control"] for t in traced if tuple(t["layers"]) == layers], axis=0)
         x = np.arange(len(layers))
         axes[0][1].bar(x - 0.2, temporal, 0.4, label="temporal (knowledge spans)")
         axes[0][1].bar(x + 0.2, control, 0.4, label="control")
         axes[0][1].set_xticks(x, layers, rotation=45)
-        axes[0][1].set_title(f"TGL traces: mean of {len(traced)}")
+        others = len(traced) - count
+        axes[0][1].set_title(f"TGL traces: mean of {count}" + (f" ({others} of other rows left out)" if others else ""))
         axes[0][1].legend()
     fig.tight_layout()
     path = out_dir / "localization_profile.png"

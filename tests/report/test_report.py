@@ -286,3 +286,22 @@ def test_heatmap_cells_average_seeds_as_the_tables_do(tmp_path):
     mean = _mean_matrix(runs, "changed")
     assert math.isnan(mean[0, 0]) and mean[0, 1] == 4.0  # no seed has [0, 0]
     assert math.isnan(mean[1, 0]) and mean[1, 1] == 4.0  # seed 0 diverged at [1, 0]; [1, 1] from seed 0 alone
+
+
+def test_the_localization_profile_averages_one_row_set_and_counts_what_it_averaged(tmp_path, monkeypatch):
+    """A LoRA run traces its adapters' rows only: its traces are left out of the mean, and said to be."""
+    import matplotlib.axes
+
+    from lifelong.report.plots import localization_profile
+
+    titles = []
+    set_title = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, text, *a, **k: titles.append(text) or
+                        set_title(ax, text, *a, **k))
+    full = {"layers": ["embed", "layer_00", "lm_head"], "temporal": [1.0, 2.0, 3.0], "control": [1.0, 1.0, 1.0]}
+    adapters = {"layers": ["layer_00", "layer_01"], "temporal": [5.0, 6.0], "control": [1.0, 1.0]}
+    results = {"probe_sets": {}}
+    runs = [Run(tmp_path, ["method=finetune"], "finetune", "freeze", 0, results, {"layer_00": 1.0}, [full]),
+            Run(tmp_path, ["method=lora"], "lora", "freeze", 0, results, {"layer_00": 1.0}, [adapters, adapters])]
+    assert localization_profile(runs, tmp_path).exists()
+    assert "TGL traces: mean of 2 (1 of other rows left out)" in titles
