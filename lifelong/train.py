@@ -379,7 +379,10 @@ def train(cfg: TrainConfig) -> dict:
                    **summarize(matrices[name], [sets[name] for sets in initial])}
             for name in PROBE_SETS
         },
-        "fuar": fuar(matrices["changed"], matrices["unchanged"], matrices["new"]),
+        # a pretrained model's stage 0 is an update; a model built from config learns from scratch in it
+        "fuar": fuar(matrices["changed"], matrices["unchanged"], matrices["new"],
+                     tuple([sets[name] for sets in initial] for name in ("changed", "unchanged", "new"))
+                     if cfg.model.path else None),
     }
     if accuracy_keys:  # stage x stage matrices of span accuracy, as the perplexity ones
         results["accuracy"] = {key: matrices[key] for key in accuracy_keys}

@@ -128,10 +128,15 @@ def test_the_logged_lr_is_the_one_the_step_used(tmp_path):
     assert lrs[:3] == pytest.approx([0.001, 0.002, 0.003]) and lrs[6:9] == pytest.approx([0.001, 0.002, 0.003])
 
 
-def test_local_model_path_and_jsonl_stream(tmp_path):
+def test_local_model_path_and_jsonl_stream(tmp_path, monkeypatch):
     """A model saved by one run loads from disk (model=local) and trains on a jsonl stream, in fp32
-    though saved in bf16, as most public checkpoints are."""
+    though saved in bf16, as most public checkpoints are; being pretrained, its FUAR counts stage 0."""
+    import lifelong.train
     from lifelong.data.tokens import load_tokenizer
+    from lifelong.eval.metrics import fuar
+
+    calls = []
+    monkeypatch.setattr(lifelong.train, "fuar", lambda *args: calls.append(args) or fuar(*args))
     from lifelong.models import build_model
 
     first = make_config(tmp_path / "first")
@@ -151,6 +156,10 @@ def test_local_model_path_and_jsonl_stream(tmp_path):
     assert math.isfinite(results["probe_sets"]["changed"]["matrix"][1][1])
     trained = load_latest_checkpoint(tmp_path / "run")["model"]
     assert {value.dtype for value in trained.values() if value.is_floating_point()} == {torch.float32}
+    sets = results["probe_sets"]
+    assert calls[-1][3] == tuple(sets[name]["initial"] for name in ("changed", "unchanged", "new"))
+    train(make_config(tmp_path / "built"))  # a model built from config: stage 0 learns from scratch
+    assert len(calls[-1]) == 4 and calls[-1][3] is None
 
 
 def _save_tokenizer(cfg, tmp_path):

@@ -73,26 +73,32 @@ def forward_transfer(matrix: Matrix, initial: list[float | None]) -> float | Non
     return _mean(gaps)
 
 
-def fuar(changed: Matrix, unchanged: Matrix, new: Matrix) -> float | None:
+def fuar(changed: Matrix, unchanged: Matrix, new: Matrix,
+         initial: tuple[list[float | None], list[float | None], list[float | None]] | None = None) -> float | None:
     """CKL's Forgotten / (Updated + Acquired), with perplexity gaps instead of counts of facts.
 
-    For every update stage t >= 1, from just before training stage t (row t-1) to just after
-    (row t), on stage t's probes: forgotten = rise in log ppl of `unchanged`, updated = fall of
-    `changed`, acquired = fall of `new`, each clipped at 0. FUAR = sum forgotten / sum (updated +
-    acquired); lower is better, < 1 means more was learned than forgotten. None when nothing was
-    updated or acquired; NaN when a perplexity it reads is NaN.
+    For every update stage t, from just before training stage t (row t-1) to just after (row t),
+    on stage t's probes: forgotten = rise in log ppl of `unchanged`, updated = fall of `changed`,
+    acquired = fall of `new`, each clipped at 0. FUAR = sum forgotten / sum (updated + acquired);
+    lower is better, < 1 means more was learned than forgotten. None when nothing was updated or
+    acquired; NaN when a perplexity it reads is NaN. The update stages are t >= 1: stage 0 trains a
+    model built from config from scratch, so it has nothing to forget. With `initial` (the
+    perplexities of the changed, unchanged and new probes before stage 0), stage 0 counts too, from
+    those: a pretrained model's first stage is an update, as CKL measures against the model before it.
     """
+    matrices = (changed, unchanged, new)
 
-    def gap(matrix: Matrix, t: int, sign: int) -> float:
-        before, after = matrix[t - 1][t], matrix[t][t]
+    def gap(which: int, t: int, sign: int) -> float:
+        matrix = matrices[which]
+        before, after = (matrix[t - 1][t] if t > 0 else initial[which][t]), matrix[t][t]
         if before is None or after is None:
             return 0.0
         change = sign * (math.log(after) - math.log(before))
         return change if math.isnan(change) else max(0.0, change)
 
-    stages = range(1, len(changed))
-    forgotten = sum(gap(unchanged, t, +1) for t in stages)
-    gained = sum(gap(changed, t, -1) + gap(new, t, -1) for t in stages)
+    stages = range(0 if initial is not None else 1, len(changed))
+    forgotten = sum(gap(1, t, +1) for t in stages)
+    gained = sum(gap(0, t, -1) + gap(2, t, -1) for t in stages)
     if math.isnan(forgotten) or math.isnan(gained):
         return math.nan
     return forgotten / gained if gained > 0 else None

@@ -53,6 +53,14 @@ def test_fuar_by_hand():
     assert fuar(changed, unchanged, new) == pytest.approx(expected)
     flat = [[None, 1.0], [None, 1.0]]
     assert fuar(flat, flat, flat) is None
+    # from a pretrained model stage 0 is an update too, measured from the perplexities before it
+    # t=0: changed and unchanged have no stage-0 probes (None); new 12 -> 9 is acquired
+    initial = ([None, 40.0, 9.0], [None, 5.0, 6.0], [12.0, 60.0, 70.0])
+    assert fuar(changed, unchanged, new, initial) == pytest.approx(
+        math.log(2) / (math.log(3) + math.log(2) + math.log(2) + math.log(12 / 9)))
+    one_stage = ([[None]], [[5.0]], [[None]])
+    assert fuar(*one_stage) is None and fuar(*one_stage, ([None], [4.0], [None])) is None  # forgot, gained nothing
+    assert fuar([[2.0]], [[5.0]], [[None]], ([4.0], [4.0], [None])) == pytest.approx(math.log(5 / 4) / math.log(2))
 
 
 def test_a_diverged_stage_gives_nan_not_a_clean_figure():
