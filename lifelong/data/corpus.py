@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lifelong.data.stream import TextFiles
-from lifelong.data.tokens import pack, pack_documents
+from lifelong.data.tokens import document_start, pack, pack_documents
 
 if TYPE_CHECKING:  # imported where used: a run on in-memory text never loads datasets
     import datasets
@@ -77,12 +77,12 @@ def _encode(batch: dict, tokenizer, column: str) -> dict:
     texts = [text for text in batch[column] if text and text.strip()]
     if not texts:  # a batch of blank lines only: a tokenizer given [] raises IndexError
         return {"input_ids": []}
-    bos = tokenizer.eos_token_id
-    return {"input_ids": [[bos, *ids] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]}
+    start = document_start(tokenizer)
+    return {"input_ids": [[start, *ids] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]}
 
 
 def tokenize_corpus(corpus: datasets.Dataset, tokenizer) -> datasets.Dataset:
-    """Token ids of each non-empty document, each preceded by EOS. datasets fingerprints the
+    """Token ids of each non-empty document, each preceded by document_start. datasets fingerprints the
     tokenizer with the transform, so a second run with the same tokenizer reads the cache."""
     import datasets
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from lifelong.data.stream import Probe
+from lifelong.data.tokens import document_start
 
 BATCH_SIZE = 32
 PUNCTUATION = frozenset(string.punctuation)
@@ -51,7 +52,7 @@ def encode(tokenizer, probe: Probe, answer: str) -> tuple[list[int], list[int]]:
     encoded = tokenizer(probe.text[: probe.span[0]] + answer, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
     split = next((i for i, (start, _) in enumerate(offsets) if start >= prompt_end), len(ids))
-    return [tokenizer.eos_token_id, *ids[:split]], ids[split:]
+    return [document_start(tokenizer), *ids[:split]], ids[split:]
 
 
 @torch.no_grad()

@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.data.stream import Probe
+from lifelong.data.tokens import document_start
 
 
 @dataclass
 class EncodedProbes:
-    """Token ids per probe (EOS first, as in training) and which positions are targets."""
+    """Token ids per probe (document_start first, as in training) and which positions are targets."""
 
     ids: list[list[int]]
     targets: list[list[bool]]
@@ -41,7 +42,7 @@ class EncodedProbes:
 
 
 def window(probe: Probe, ids: list[int], target: list[bool], max_len: int) -> slice:
-    """The positions kept of a probe's ids (EOS first): all if they fit, else at most max_len that
+    """The positions kept of a probe's ids (document_start first): all if they fit, else at most max_len that
     end at its span's last token. A span that does not fit with the token that predicts its first
     is an error, not a silently partial score."""
     if len(ids) <= max_len:
@@ -65,7 +66,7 @@ def encode_probes(tokenizer, probes: list[Probe], max_len: int) -> EncodedProbes
         target = [s < end and e > start for s, e in offsets]
         if not any(target):
             raise ValueError(f"probe target span {probe.span} covers no token in {probe.text!r}")
-        full_ids, full_target = [tokenizer.eos_token_id, *tokens], [False, *target]
+        full_ids, full_target = [document_start(tokenizer), *tokens], [False, *target]
         kept = window(probe, full_ids, full_target, max_len)
         ids.append(full_ids[kept])
         targets.append(full_target[kept])

@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerFast
 
 from lifelong.config import ModelConfig
 from lifelong.data.stream import Probe
-from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
+from lifelong.data.tokens import encode_documents, lm_inputs, pack, train_tokenizer
 from lifelong.eval.accuracy import encode, greedy_continuations, normalized, span_accuracy
 from lifelong.eval.perplexity import encode_probes
 from lifelong.models import build_model
@@ -100,6 +100,9 @@ def test_a_sentencepiece_tokenizers_target_is_the_span_as_the_sentence_has_it():
     # the sentence's "Germain." may be one token: the span's first token is what must agree
     assert target_ids[0] == span_ids[0] and tokenizer.convert_ids_to_tokens(target_ids)[0] == "▁Paris"
     assert prompt_ids == encoded.ids[0][: len(prompt_ids)]
+    # documents and probes start with the tokenizer's BOS, <s>, as Llama was trained; not with its EOS </s>
+    bos = tokenizer.bos_token_id
+    assert prompt_ids[0] == encode_documents(tokenizer, [MESSI])[0][0] == bos != tokenizer.eos_token_id
     torch.manual_seed(0)
     model = build_model(ModelConfig(n_layer=2, d_model=64, n_head=2, d_ff=128, max_seq_len=32), tokenizer)
     memorize(model, tokenizer, [MESSI], 60)
