@@ -139,7 +139,8 @@ class MIGU(Method):
         self.grad_accum, self.forwards, self.masked_in_forward = ctx.grad_accum, 0, False
         if not self.active:
             return
-        # targets are found again each stage: TGL freeze may have changed what is trainable
+        # targets are found again each stage, as what trains changes (LoRA's adapters appear). TGL freeze
+        # freezes after this hook: its frozen layers are still summed, and their masks meet no gradient
         self.targets = self.find_targets(ctx.model)
         width = {t.source: t.width for t in self.targets}
         sources = sorted(width, key=width.__getitem__)  # stable: model order within a width
