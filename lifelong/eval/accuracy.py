@@ -24,6 +24,7 @@ import string
 
 import torch
 from torch import nn
+from transformers import GenerationConfig
 
 from lifelong.data.stream import Probe
 from lifelong.data.tokens import document_start
@@ -79,9 +80,17 @@ def greedy_continuations(model: nn.Module, tokenizer, encoded: list[tuple[list[i
                 ids[row, width - len(prompt_ids) :] = torch.tensor(prompt_ids)
                 mask[row, width - len(prompt_ids) :] = 1
             # min == max new tokens: EOS is never chosen, so no row stops early
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=steps,
-                                 min_new_tokens=steps, do_sample=False, output_scores=True,
-                                 return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id, use_cache=True)
+            greedy = GenerationConfig(max_new_tokens=steps, min_new_tokens=steps, do_sample=False, num_beams=1,
+                                      output_scores=True, return_dict_in_generate=True, use_cache=True,
+                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            # generate() fills every setting left unset from the model's generation_config, which a
+            # checkpoint's generation_config.json sets (repetition_penalty, suppress_tokens, ...):
+            # greedy here means greedy, so the model's is neutral during the call
+            saved, model.generation_config = model.generation_config, GenerationConfig()
+            try:
+                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=greedy)
+            finally:
+                model.generation_config = saved
             top = out.scores[0].topk(k).indices.tolist()
             for row, i in enumerate(rows):
                 results[i] = (tokenizer.decode(out.sequences[row, width:].tolist()), encoded[i][1][0] in top[row])

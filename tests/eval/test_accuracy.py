@@ -52,6 +52,20 @@ def test_memorized_fact_is_exact_and_a_wrong_target_is_not(messi_model):
     assert span_accuracy(model, tokenizer, [], device) == {"exact_match": None, "top_k": None}
 
 
+def test_decoding_is_greedy_whatever_the_checkpoints_generation_config(messi_model):
+    """A checkpoint's generation_config.json filled every setting generate() was not given."""
+    model, tokenizer = messi_model
+    right = probe(MESSI, "Paris Saint-Germain")
+    first_token = encode(tokenizer, right, "Paris Saint-Germain")[1][0]
+    model.generation_config.suppress_tokens = [first_token]
+    model.generation_config.repetition_penalty = 5.0
+    try:
+        assert span_accuracy(model, tokenizer, [right], torch.device("cpu"), k=1) == {"exact_match": 1.0, "top_k": 1.0}
+        assert model.generation_config.suppress_tokens == [first_token]  # the model's own is left as it was
+    finally:
+        model.generation_config.suppress_tokens, model.generation_config.repetition_penalty = None, None
+
+
 def test_a_fact_scores_its_best_answer(messi_model):
     model, tokenizer = messi_model
     text = "Lionel Messi plays for FC Barcelona."  # the probe states the answer the model did not memorize
