@@ -462,10 +462,6 @@ class TrainConfig:
             self.check_stage_count(stages)
         if hasattr(self.data, "check_files"):  # a stream of the user's files (jsonl)
             self.data.check_files(self.traced_stages())
-        rule = getattr(self.tgl, "rule", None)
-        if rule is not None and rule.value == "top_k" and not self.model.path:  # a local model's depth is its own
-            require(self.tgl.k < self.model.n_layer, "tgl.k", self.tgl.k, f"an integer in [1, {self.model.n_layer - 1}]"
-                    f": model.n_layer is {self.model.n_layer}, and selecting every block would localize nothing")
 
     def traced_stages(self) -> slice:
         """The stages TGL traces before (of the stream's): from tgl.from_stage on, or that one only
@@ -801,17 +797,28 @@ def validate_command_line(args: list[str]) -> int:
             from lifelong.models import linear_module_names
 
             cfg.method.check_model(*linear_module_names(cfg.model))
-        if getattr(cfg.tgl, "block_pattern", None):  # its group 1 must read a block index off every name it matches
-            from lifelong.models import layer_of, linear_module_names
-
-            _, modules, _ = linear_module_names(cfg.model)
-            for module in modules:
-                layer_of(f"{module}.weight", cfg.tgl.block_pattern)
+        if hasattr(cfg.tgl, "block_pattern"):  # a variant that traces: the model's blocks, by their names
+            check_tgl_blocks(cfg)
         if run_dir is not None:
             if sweep_dir is not None:
                 _check_not_numbered(run_dir, sweep_dir)
             check_same_run(run_dir, cfg)
     return len(jobs)
+
+
+def check_tgl_blocks(cfg: TrainConfig) -> None:
+    """TGL ranks the model's transformer blocks: block_pattern (or the default) must find them, with
+    group 1 an index, and top_k must leave some unselected. Without a block the rule would rank the
+    embeddings and the rest of the model as two rows (freezing the embeddings, say)."""
+    from lifelong.models import block_count
+
+    pattern = cfg.tgl.block_pattern
+    blocks = block_count(cfg.model, pattern)  # a group 1 that reads no index raises here
+    require(blocks > 0, "tgl.block_pattern", pattern, "a regex whose group 1 is a block's index in the model's "
+            "parameter names: " + ("it matches none" if pattern else "the default finds no h.N, layers.N or blocks.N"))
+    if cfg.tgl.rule.value == "top_k":
+        require(cfg.tgl.k < blocks, "tgl.k", cfg.tgl.k, f"an integer in [1, {blocks - 1}]: the model has {blocks} "
+                "blocks, and selecting every block would localize nothing")
 
 
 def check_device_visible(device: Device) -> None:

@@ -91,10 +91,11 @@ def _preset_config(cfg: ModelConfig, vocab_size: int, bos_id: int | None, eos_id
 
 
 # A "layer" is a transformer block; embeddings, final norm and LM head are rows of their own.
-_BLOCK = re.compile(r"(?:^|\.)(?:h|layers)\.(\d+)\.")
+_BLOCK = re.compile(r"(?:^|\.)(?:h|layers|blocks)\.(\d+)\.")  # GPT-2, Falcon, Bloom | Llama, OPT, NeoX | MPT
 _ROWS = (
-    ("embed", re.compile(r"(?:^|\.)(?:wte|wpe|embed_tokens|embed_in)\.")),
-    ("final_norm", re.compile(r"(?:^|\.)(?:ln_f|norm|final_layer_norm)\.")),
+    ("embed", re.compile(r"(?:^|\.)(?:wte|wpe|embed_tokens|embed_in|word_embeddings|word_embeddings_layernorm|"
+                         r"embed_positions)\.")),
+    ("final_norm", re.compile(r"(?:^|\.)(?:ln_f|norm|norm_f|final_layer_norm|final_layernorm)\.")),
     ("lm_head", re.compile(r"(?:^|\.)(?:lm_head|embed_out)\.")),
 )
 
@@ -113,6 +114,13 @@ def layer_of(param_name: str, block_pattern: str | None = None) -> str:
         if pattern.search(param_name):
             return row
     return "other"
+
+
+def block_count(cfg: ModelConfig, block_pattern: str | None = None) -> int:
+    """How many transformer blocks layer_of finds among the model's module names (from its config
+    alone, linear_module_names), for checks before launch."""
+    _, modules, _ = linear_module_names(cfg)
+    return len({row for module in modules if is_block(row := layer_of(f"{module}.weight", block_pattern))})
 
 
 def is_block(row: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lifelong.config import ModelConfig, ModelFamily
@@ -51,6 +52,28 @@ def test_layer_rows_per_family():
     assert layer_of("transformer.ln_f.weight") == "final_norm"
     assert layer_of("model.norm.weight") == "final_norm"
     assert layer_of("lm_head.weight") == "lm_head"
+
+
+@pytest.mark.parametrize(("config", "extra"), [
+    ("MptConfig", {"d_model": 32, "n_heads": 2, "n_layers": 3, "max_seq_len": 32}),  # transformer.blocks.N, norm_f
+    ("BloomConfig", {"hidden_size": 32, "n_head": 2, "n_layer": 3}),  # word_embeddings(_layernorm)
+    ("FalconConfig", {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 3}),
+    ("OPTConfig", {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 3, "ffn_dim": 64,
+                   "word_embed_proj_dim": 32}),  # embed_positions
+    ("PhiConfig", {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 3,
+                   "intermediate_size": 64}),  # final_layernorm
+    ("GPTNeoXConfig", {"hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 3, "intermediate_size": 64}),
+])
+def test_every_parameter_of_other_families_has_its_row(config, extra):
+    """Blocks, embeddings and the final norm are found by name in each family: a family whose blocks
+    went unfound left TGL two rows to rank (the embeddings and everything else)."""
+    import transformers
+
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, config)(vocab_size=64, **extra))
+    rows = {layer_of(name) for name, _ in model.named_parameters()}
+    assert {"layer_00", "layer_01", "layer_02", "embed", "final_norm"} <= rows <= {
+        "layer_00", "layer_01", "layer_02", "embed", "final_norm", "lm_head"}
 
 
 def test_gpt2_preset_activation_is_gpt2s_tanh_gelu():
