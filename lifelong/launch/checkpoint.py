@@ -6,6 +6,7 @@ flipped bits in tensor data would load silently: the loader verifies them first.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import warnings
@@ -72,16 +73,23 @@ def verify_checksums(path: Path) -> None:
 
 
 def load_latest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    """The newest checkpoint that verifies and loads whole, or None when there is none."""
-    for path in sorted(checkpoint_dir(run_dir).glob(PATTERN), reverse=True):
+    """The newest checkpoint that verifies and loads whole, or None when there is none. One that
+    does not is set aside as `<name>.corrupt`: left among the checkpoints, it would stay the newest
+    by name, and pruning would delete the good ones the resumed run writes."""
+    paths = sorted(checkpoint_dir(run_dir).glob(PATTERN), reverse=True)
+    for index, path in enumerate(paths):
         try:
             verify_checksums(path)
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # truncated / corrupt: zipfile and torch raise several kinds
-            warnings.warn(f"checkpoint {path} is corrupt or unreadable ({type(error).__name__}: {error}); "
-                          "falling back to the previous one", stacklevel=2)
+            problem = None if state.get("complete") is True else "is incomplete"
+        except FileNotFoundError:  # another rank set it aside meanwhile
             continue
-        if state.get("complete") is True:
+        except Exception as error:  # truncated / corrupt: zipfile and torch raise several kinds
+            problem = f"is corrupt or unreadable ({type(error).__name__}: {error})"
+        if problem is None:
             return state
-        warnings.warn(f"checkpoint {path} is incomplete; falling back to the previous one", stacklevel=2)
+        with contextlib.suppress(FileNotFoundError):  # every rank reads the checkpoints
+            os.replace(path, path.with_name(path.name + ".corrupt"))
+        then = "falling back to the previous one" if index + 1 < len(paths) else "no earlier one: starting from scratch"
+        warnings.warn(f"checkpoint {path} {problem}; set aside as {path.name}.corrupt, {then}", stacklevel=2)
     return None

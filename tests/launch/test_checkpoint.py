@@ -56,3 +56,20 @@ def test_checkpoints_carry_crcs_even_when_torch_is_told_not_to_compute_them(tmp_
         torch.serialization.set_crc32_options(previous)
     flip_a_bit_in_the_weights(newest, 2)
     assert_falls_back_from(newest, tmp_path)
+
+
+def test_a_corrupt_checkpoint_is_set_aside_so_pruning_keeps_the_good_ones(tmp_path):
+    """Left in place, a corrupt newest stayed the newest by name, and pruning (keep=1) deleted the good
+    checkpoint the resumed run wrote at an earlier step (preempted again): each relaunch started over."""
+    save(tmp_path, 1)
+    newest = save(tmp_path, 3)
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated
+    with pytest.warns(UserWarning, match=r"step_00000003.pt is corrupt.*set aside as .*\.corrupt, falling back"):
+        assert load_latest_checkpoint(tmp_path)["global_step"] == 1
+    assert newest.with_name(newest.name + ".corrupt").exists() and not newest.exists()
+    save_checkpoint(tmp_path, 2, {"global_step": 2, "model": {"weight": weights(2)}}, keep=1)  # resumed, preempted
+    assert [p.name for p in (tmp_path / "checkpoints").glob("step_*.pt")] == ["step_00000002.pt"]
+    assert load_latest_checkpoint(tmp_path)["global_step"] == 2
+    (tmp_path / "checkpoints" / "step_00000002.pt").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"as step_00000002.pt.corrupt, no earlier one: starting from scratch"):
+        assert load_latest_checkpoint(tmp_path) is None
