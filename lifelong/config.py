@@ -226,8 +226,8 @@ class TemporalWikiDataConfig:
     def __post_init__(self) -> None:
         require(self.probe_target in ("sentence", "object"), "data.probe_target", self.probe_target,
                 "sentence or object")
-        require(all(len(s) == 4 and s.isdigit() for s in self.stages), "data.stages", list(self.stages),
-                "month pairs such as 0809")
+        require(bool(self.stages) and all(len(s) == 4 and s.isdigit() for s in self.stages), "data.stages",
+                list(self.stages), "a non-empty list of month pairs such as 0809")
 
     def stage_count(self) -> int | None:
         return len(self.stages)
@@ -255,6 +255,7 @@ class TempLAMADataConfig:
     def __post_init__(self) -> None:
         require(self.accuracy_top_k is None or self.accuracy_top_k > 0, "data.accuracy_top_k",
                 self.accuracy_top_k, "an integer > 0 or null")
+        require(bool(self.files), "data.files", list(self.files), "a non-empty list of TempLAMA jsonl files")
 
     def stage_count(self) -> int | None:
         return None  # one stage per distinct `date` in the files: known once they are loaded
@@ -281,6 +282,7 @@ class ECBDDataConfig:
     def __post_init__(self) -> None:
         require(self.spans in ("np", "random"), "data.spans", self.spans, "np or random")
         require(self.split in ("dev", "test"), "data.split", self.split, "dev or test")
+        require(bool(self.years), "data.years", list(self.years), "a non-empty list of years")
 
     def stage_count(self) -> int | None:
         return len(self.years)
@@ -474,6 +476,7 @@ class TrainConfig:
     def check_stage_count(self, num_stages: int) -> None:
         """A `from_stage` past the stream's last stage would never start LoRA / TGL: the run
         would silently be plain fine-tuning."""
+        require(num_stages >= 1, "data", num_stages, "a stream of at least one stage (its files hold none)")
         for group in ("method", "tgl"):
             from_stage = getattr(getattr(self, group), "from_stage", None)
             if from_stage is not None:

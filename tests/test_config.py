@@ -144,6 +144,10 @@ def test_a_presets_sweeper_params_are_validated_too():
           "model.max_seq_len=512"], "data.stages", "TWiki_Diffsets/wikipedia_1213_gpt2.csv"),
         (["data=templama", f"data.files=[{FIXTURES / 'templama' / 'test.json'},/absent/t.json]"], "data.files",
          "/absent/t.json"),
+        (["data=temporalwiki", f"data.root={FIXTURES / 'temporalwiki'}", "data.stages=[]"], "data.stages",
+         "a non-empty list"),  # a stream of no stage: it crashed after claiming the run dir
+        (["data=ecbd", f"data.root={FIXTURES / 'ecbd'}", "data.years=[]"], "data.years", "a non-empty list"),
+        (["data=templama", "data.files=[]"], "data.files", "a non-empty list"),
         (["model=local", "model.path=gpt2"], "model.path", "or change model.path"),  # a hub id, offline
         (["model=local", f"model.path={FIXTURES}"], "model.path", "has no config.json"),  # the parent dir, say
         (["data=jsonl", f"data.path={FIXTURES / 'jsonl' / '2019'}"], "data.path", "one sub-directory per stage"),

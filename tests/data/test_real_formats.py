@@ -165,3 +165,10 @@ def test_a_from_stage_past_templamas_dates_is_an_error_before_training(tmp_path)
     with pytest.raises(ConfigError, match=r"method\.from_stage=2.*the stream has 2 stages"):
         train(cfg)
     assert not (tmp_path / "metrics.jsonl").exists()
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    cfg = compose_train_config(["experiment=smoke", "data=templama", f"data.files=[{empty}]"],
+                               run_dir=str(tmp_path / "e"))
+    with pytest.raises(ConfigError, match=r"data=0: allowed is a stream of at least one stage"):
+        train(cfg)  # a file of no query: no stage, refused before the run dir is claimed
+    assert not (tmp_path / "e" / "config.yaml").exists()
