@@ -91,8 +91,9 @@ class ModelConfig:
         return _local_position_limit(Path(self.path) / "config.json")
 
 
-# GPT-2 names its number of positions n_positions (n_ctx in old files), most others max_position_embeddings
-_POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")
+# GPT-2 names its number of positions n_positions (n_ctx in old files), most others
+# max_position_embeddings, MPT max_seq_len
+_POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len")
 
 
 def _local_position_limit(config_file: Path) -> tuple[int, str] | None:
@@ -890,6 +891,10 @@ def check_same_run(run_dir: Path, cfg: TrainConfig) -> None:
                           f"(a run dir holds one run: give a new run another hydra.run.dir{others})")
 
 
+# what AutoTokenizer reads a model directory's tokenizer from
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def check_input_paths(cfg: TrainConfig) -> None:
     """Every model / data path of a job exists, before anything is launched. Nothing is
     downloaded: a hub id or a path on another machine gets an error naming the key to set."""
@@ -902,3 +907,6 @@ def check_input_paths(cfg: TrainConfig) -> None:
     if cfg.model.path and not (Path(cfg.model.path) / "config.json").is_file():
         raise ConfigError("model.path", cfg.model.path, "a HF model directory, as save_pretrained writes it (this "
                           "one has no config.json)")
+    if cfg.model.path and not any((Path(cfg.model.path) / name).is_file() for name in TOKENIZER_FILES):
+        raise ConfigError("model.path", cfg.model.path, "a HF model directory with its tokenizer (the model's own is "
+                          f"used; this one has none of {', '.join(TOKENIZER_FILES)}: tokenizer.save_pretrained there)")

@@ -216,6 +216,10 @@ def train(cfg: TrainConfig) -> dict:
     cfg.check_stage_count(len(stream.stages))  # TempLAMA's stages are known only once it is loaded
     tokenizer = build_tokenizer(cfg, stream, run_dir, save=env.is_main)
     model = build_model(cfg.model, tokenizer)
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:  # a token id past the embedding's rows is an IndexError mid-evaluation
+        raise ConfigError("model.path", cfg.model.path, f"a model whose embedding has a row for each of its "
+                          f"tokenizer's {len(tokenizer)} tokens (it has {rows})")
     hooks: list[Method] = [cfg.method.build(), cfg.tgl.build()]
     if resume:  # hook state first: it may change the model's structure (LoRA adapters)
         for hook, state in zip(hooks, resume["hooks"], strict=True):

@@ -25,7 +25,7 @@ from lifelong.config import (
 from tests.conftest import FIXTURES, REPO
 
 GROUPS = ["model", "data", "method", "tgl", "trainer", "logger", "experiment", "cluster", "hydra/launcher"]
-MODEL_DIR = FIXTURES / "local_model"  # validation reads a model's config.json only, not its weights
+MODEL_DIR = FIXTURES / "local_model"  # validation reads its config.json and sees a tokenizer file, no weights
 # options that need more than themselves: what a user must add
 REQUIRED = {
     ("model", "local"): [f"model.path={MODEL_DIR}"],
@@ -205,10 +205,13 @@ def test_hydras_cfg_flag_composes_the_schemas(tmp_path):
     assert (job.method.name, job.tgl.name, job.method.seed) == ("replay", "freeze", 7)  # replay draws by the run's seed
 
 
-@pytest.mark.parametrize("key", ["n_positions", "max_position_embeddings"])
+@pytest.mark.parametrize("key", ["n_positions", "max_position_embeddings", "max_seq_len"])  # the last: MPT's
 def test_a_local_models_config_json_bounds_seq_len(tmp_path, key):
     (tmp_path / "config.json").write_text(json.dumps({key: 256}))
     local = ["model=local", f"model.path={tmp_path}"]
+    with pytest.raises(ConfigError, match="with its tokenizer.*none of tokenizer.json"):  # AutoTokenizer read none
+        validate_command_line(local)
+    (tmp_path / "tokenizer_config.json").write_text("{}")
     assert validate_command_line([*local, "data.seq_len=256"]) == 1  # the preset's model.max_seq_len is ignored
     with pytest.raises(ConfigError, match=rf"\[1, 256\].*{key} in model.path") as error:
         validate_command_line([*local, "data.seq_len=257"])

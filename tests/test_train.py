@@ -162,6 +162,25 @@ def test_local_model_path_and_jsonl_stream(tmp_path, monkeypatch):
     assert len(calls[-1]) == 4 and calls[-1][3] is None
 
 
+def test_a_local_model_with_fewer_embedding_rows_than_its_tokenizer_is_refused_before_the_run(tmp_path):
+    """A token id past the embedding's rows was an IndexError in the first evaluation, after the run dir
+    was claimed."""
+    from lifelong.config import ConfigError
+    from lifelong.data.tokens import load_tokenizer
+    from lifelong.models import build_model
+
+    first = make_config(tmp_path / "first")
+    tokenizer = load_tokenizer(_save_tokenizer(first, tmp_path))
+    model = build_model(first.model, tokenizer)
+    model.resize_token_embeddings(len(tokenizer) - 10)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    cfg = make_config(tmp_path / "run", "model=local", f"model.path={tmp_path / 'model'}")
+    with pytest.raises(ConfigError, match=rf"model.path=.*each of its tokenizer's {len(tokenizer)} tokens"):
+        train(cfg)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
 def _save_tokenizer(cfg, tmp_path):
     from lifelong.data.tokens import train_tokenizer
 
