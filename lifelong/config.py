@@ -871,8 +871,11 @@ def run_identity(cfg: DictConfig | TrainConfig) -> dict[str, Any]:
 
 
 def save_run_config(run_dir: Path, cfg: TrainConfig) -> None:
-    """The run's resolved config, as `config.yaml` in its run dir: what check_same_run compares."""
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    """The run's resolved config, as `config.yaml` in its run dir: what check_same_run compares. Written
+    atomically: a part of it would let check_same_run pass another config's relaunch."""
+    from lifelong.launch.checkpoint import write_atomically
+
+    write_atomically(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
 
 def check_same_run(run_dir: Path, cfg: TrainConfig) -> None:

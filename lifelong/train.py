@@ -12,7 +12,6 @@ evaluate every stage's probes. Methods plug in through the hooks of `lifelong/me
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import time
@@ -49,7 +48,14 @@ from lifelong.data.tokens import labelled_tokens, lm_inputs, load_tokenizer, sum
 from lifelong.eval.accuracy import span_accuracy
 from lifelong.eval.metrics import fuar, summarize
 from lifelong.eval.perplexity import EncodedProbes, encode_probes, perplexity
-from lifelong.launch.checkpoint import checkpoint_dir, load_latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from lifelong.launch.checkpoint import (
+    checkpoint_dir,
+    load_latest_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_atomically,
+)
 from lifelong.launch.distributed import DistEnv, any_rank, init_distributed, mean_across_ranks
 from lifelong.launch.host_memory import keep_freed_host_memory
 from lifelong.launch.preemption import Preemption
@@ -94,13 +100,6 @@ def build_tokenizer(cfg: TrainConfig, stream: Stream, run_dir: Path, save: bool)
     if save:
         tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     return tokenizer
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """A reader (or a relaunch after a crash) sees the old file or the new one, never a part."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def keep_metrics_until(path: Path, global_step: int) -> None:

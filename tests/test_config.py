@@ -290,7 +290,12 @@ def test_a_run_dir_holding_another_run_is_refused_before_launch(tmp_path):
     assert (old_sweep / "seed=0" / "config.yaml").exists()
     composed = compose(["seed=3", *relaunch])
     assert composed.hydra.job.override_dirname == "seed=3"
-    assert set(RELAUNCH_MAY_CHANGE) - {"run_dir"} <= set(composed.hydra.job.config.override_dirname.exclude_keys)
+    excluded = set(composed.hydra.job.config.override_dirname.exclude_keys)
+    assert set(RELAUNCH_MAY_CHANGE) - {"run_dir"} <= excluded
+    # Hydra matches whole keys: `logger` leaves `logger.mode=offline` in the dir name, and a relaunch
+    # with logger.mode=disabled trained every run again in new dirs
+    wandb = compose(["logger=wandb"]).logger
+    assert {f"logger.{key}" for key in wandb if key != "kind"} <= excluded
 
 
 def test_every_yaml_starts_with_its_command():

@@ -48,6 +48,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """A reader (or a relaunch after a crash) sees the old file or the new one, never a part."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 def save_checkpoint(run_dir: Path, global_step: int, state: dict[str, Any], keep: int) -> Path:
     directory = checkpoint_dir(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
