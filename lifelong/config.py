@@ -660,6 +660,8 @@ def _allowed(message: str, key: str, overrides: list[str], source: ConfigSource)
         return {"Integer": "an integer", "Float": "a float"}.get(kind.group(1), kind.group(1))
     if "is not a valid bool" in message:
         return "a boolean (true or false)"
+    if "is not a ListConfig, list or tuple" in message:
+        return "a list, e.g. [a,b]"
     keys = _existing_keys(key, overrides, source)
     return _existing_keys_text(key.rpartition(".")[0], keys) if keys else _one_line(message)
 
@@ -683,7 +685,8 @@ def _existing_keys(key: str, overrides: list[str], source: ConfigSource) -> str:
     except Exception:
         return ""
     node = OmegaConf.select(node, parent) if parent else node
-    if not isinstance(node, DictConfig) or key.rpartition(".")[2] in node:
+    name = key.rpartition(".")[2]
+    if not isinstance(node, DictConfig) or name in node or OmegaConf.is_missing(node, name):  # `in` is False for ???
         return ""
     return ", ".join(str(k) for k in node if k != "hydra")
 

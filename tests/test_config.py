@@ -148,6 +148,8 @@ def test_a_presets_sweeper_params_are_validated_too():
          "a non-empty list"),  # a stream of no stage: it crashed after claiming the run dir
         (["data=ecbd", f"data.root={FIXTURES / 'ecbd'}", "data.years=[]"], "data.years", "a non-empty list"),
         (["data=templama", "data.files=[]"], "data.files", "a non-empty list"),
+        (["data=templama", "data.files=/etc/passwd"], "data.files", "allowed is a list, e.g. [a,b]"),  # a ??? key
+        (["data=jsonl", "data.path=${oc.env:NOPE_XYZ}"], "data.path", "Environment variable 'NOPE_XYZ' not found"),
         (["model=local", "model.path=gpt2"], "model.path", "or change model.path"),  # a hub id, offline
         (["model=local", f"model.path={FIXTURES}"], "model.path", "has no config.json"),  # the parent dir, say
         (["data=jsonl", f"data.path={FIXTURES / 'jsonl' / '2019'}"], "data.path", "one sub-directory per stage"),
