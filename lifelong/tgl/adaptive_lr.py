@@ -17,7 +17,7 @@ from lifelong.config import register, require
 from lifelong.methods.base import Method
 from lifelong.models import layer_of
 from lifelong.tgl.base import TGLConfig, TracedLayers
-from lifelong.tgl.select import candidates
+from lifelong.tgl.select import candidates, candidates_mean
 
 
 class AdaptiveLR(TracedLayers):
@@ -26,7 +26,7 @@ class AdaptiveLR(TracedLayers):
     def layer_scales(self) -> dict[str, float]:
         """Each block's scale; rows not listed train at the base rate."""
         layers, relative = candidates(self.trace.layers, self.trace.relative)
-        mean = sum(relative) / len(relative)
+        mean = candidates_mean(self.trace.layers, self.trace.relative)
         return {layer: min(self.cfg.max_scale, max(self.cfg.min_scale, r / max(mean, 1e-12)))
                 for layer, r in zip(layers, relative, strict=True)}
 

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from lifelong.config import require
 from lifelong.eval.perplexity import encode_probes
 from lifelong.methods.base import Method, StageContext
-from lifelong.tgl.select import Rule, candidates, select_layers
+from lifelong.tgl.select import Rule, candidates_mean, select_layers
 from lifelong.tgl.trace import Trace, trace_layers
 from lifelong.track.plots import trace_plot
 
@@ -90,9 +90,8 @@ class TracedLayers(Method):
             return
         path = ctx.run_dir / f"trace_stage_{ctx.index}.json"
         path.write_text(json.dumps(record, indent=2))
-        _, ranked = candidates(self.trace.layers, self.trace.relative)
         image = trace_plot(self.trace.layers, self.trace.temporal, self.trace.control, self.selected,
-                           sum(ranked) / len(ranked),
+                           candidates_mean(self.trace.layers, self.trace.relative),
                            f"TGL trace before stage {ctx.index}", path.with_suffix(".png"))
         if ctx.logger is not None:
             ctx.logger.log_image(f"tgl/trace_stage_{ctx.index}", image)

@@ -27,13 +27,19 @@ def candidates(layers: list[str], relative: list[float]) -> tuple[list[str], lis
     return [layer for layer, _ in chosen], [r for _, r in chosen]
 
 
+def candidates_mean(layers: list[str], relative: list[float]) -> float:
+    """The mean r of the rows the rule ranks: above_mean's threshold, adaptive LR's unit scale."""
+    _, relative = candidates(layers, relative)
+    return sum(relative) / len(relative)
+
+
 def select_layers(layers: list[str], relative: list[float], rule: Rule, k: int = 1,
                   fraction: float = 0.5) -> list[str]:
     """Selected blocks in model order; ties at the cut are broken by model order. Never empty:
     freezing every layer would leave a stage nothing to train."""
+    mean = candidates_mean(layers, relative)
     layers, relative = candidates(layers, relative)
     if rule is Rule.above_mean:
-        mean = sum(relative) / len(relative)
         above = [layer for layer, r in zip(layers, relative, strict=True) if r > mean]
         if above:
             return above
