@@ -54,7 +54,6 @@ from methods_paired import paired_variants, patched
 
 import lifelong.methods.migu as migu_module
 from lifelong.config import TrainerConfig
-from lifelong.methods.base import StageContext
 from lifelong.methods.migu import MIGU, output_magnitudes
 from lifelong.train import apply_process_settings
 
@@ -101,16 +100,15 @@ def masks_at_forward_end(self: MIGU, model: torch.nn.Module, inputs: object, out
 def hook_masks() -> Iterator[None]:
     """MIGU built inside this block masks each weight's gradient in its post-accumulate-grad hook
     (right only for a step of one micro-batch in one process, as here)."""
-    before_stage = MIGU.before_stage
+    plan = MIGU._plan
 
-    def before_stage_with_grad_hooks(self: MIGU, ctx: StageContext) -> None:
-        before_stage(self, ctx)
-        if self.active:
-            self.handles += [t.weight.register_post_accumulate_grad_hook(functools.partial(mask_in_place, mask=mask))
-                             for t, mask in zip(self.targets, self.row_masks, strict=True)]
-            self.handles.append(ctx.model.register_forward_hook(types.MethodType(masks_at_forward_end, self)))
+    def plan_with_grad_hooks(self: MIGU, model: torch.nn.Module) -> None:
+        plan(self, model)
+        self.handles += [t.weight.register_post_accumulate_grad_hook(functools.partial(mask_in_place, mask=mask))
+                         for t, mask in zip(self.targets, self.row_masks, strict=True)]
+        self.handles.append(model.register_forward_hook(types.MethodType(masks_at_forward_end, self)))
 
-    with patched(MIGU, "before_stage", before_stage_with_grad_hooks):
+    with patched(MIGU, "_plan", plan_with_grad_hooks):
         yield
 
 

@@ -18,7 +18,8 @@ Linear layers that share their weight with an embedding (GPT-2's tied LM head) a
 masking vocabulary rows there would also mask the input embeddings.
 
 A GPU step of a ~100M model is partly launch-bound, so the per-step work is a fixed plan made
-once per stage: all sums live in one flat buffer (one collective under DDP), ordered so that
+once per stage, at its first training forward (after every hook's set-up, so layers that TGL
+freezes are not in it): all sums live in one flat buffer (one collective under DDP), ordered so that
 the layers of one width form one [layers, width] view (one threshold and one comparison per
 width), and every weight's mask is a view of one flat boolean buffer made in advance. The
 layers' hooks only hold their outputs; when the model's forward returns, one call sums them all
@@ -139,9 +140,20 @@ class MIGU(Method):
         self.grad_accum, self.forwards, self.masked_in_forward = ctx.grad_accum, 0, False
         if not self.active:
             return
-        # targets are found again each stage, as what trains changes (LoRA's adapters appear). TGL freeze
-        # freezes after this hook: its frozen layers are still summed, and their masks meet no gradient
-        self.targets = self.find_targets(ctx.model)
+        # the plan is made at the stage's first training forward, after every hook's before_stage: it
+        # then covers only what trains (TGL freeze freezes after this hook; its frozen layers cost nothing)
+        self.handles.append(ctx.model.register_forward_pre_hook(self._plan_once))
+        self.handles.append(ctx.model.register_forward_hook(self._forward_done))
+
+    def _plan_once(self, model: nn.Module, inputs: Any) -> None:
+        if model.training:
+            self.handles[0].remove()  # the pre-hook itself: the plan holds for the whole stage
+            self._plan(model)
+
+    def _plan(self, model: nn.Module) -> None:
+        """Find the targets and lay out the stage's sums and masks; hook the sources."""
+        # targets are found again each stage, as what trains changes (LoRA's adapters appear)
+        self.targets = self.find_targets(model)
         width = {t.source: t.width for t in self.targets}
         sources = sorted(width, key=width.__getitem__)  # stable: model order within a width
         device = self.targets[0].weight.device if self.targets else torch.device("cpu")
@@ -163,7 +175,6 @@ class MIGU(Method):
         self.output_magnitudes = gpu_output_magnitudes() if device.type == "cuda" else output_magnitudes
         for source in sources:
             self.handles.append(source.register_forward_hook(self._accumulate))
-        self.handles.append(ctx.model.register_forward_hook(self._forward_done))
         if self.skip_masked_rows:
             self.bounds = torch.tensor([0, *itertools.accumulate(width[s] for s in self.rows)], device=device)
             self.handles += [KeptRowsForward(t.source, t.weight, t.rows_dim, self._last_micro_batch,

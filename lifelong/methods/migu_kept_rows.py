@@ -59,7 +59,7 @@ class KeptRowsForward:
         layer_forward = module.forward
 
         def forward(inputs: torch.Tensor) -> torch.Tensor:
-            if not (module.training and weight.requires_grad and engaged()):  # TGL may freeze it after MIGU's set-up
+            if not (module.training and engaged()):
                 return layer_forward(inputs)
             device = inputs.device.type
             if torch.is_autocast_enabled(device):  # cast once, as autocast would: KeptRowsGrad keeps this copy

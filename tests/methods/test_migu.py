@@ -163,12 +163,13 @@ def test_triton_kernel_arguments_avoid_the_launchers_locals(interpreted_triton_s
 
 
 def step_with_sums(tokenizer, tmp_path, data, magnitudes) -> tuple[list[torch.Tensor], list[str]]:
-    """A fresh model's MIGU step (stage 1) with `magnitudes` as its sums, as before_stage sets them
-    on a GPU: its parameters after the step, and the warnings it gave."""
+    """A fresh model's MIGU step (stage 1) with `magnitudes` as its sums, set as the plan sets them
+    on a GPU (a pre-hook after MIGU's, which makes the plan): its parameters after the step, and
+    the warnings it gave."""
     model = tiny_model(tokenizer)
     migu = MIGU(MIGUConfig())
     migu.before_stage(context(1, data, model, tmp_path))
-    migu.output_magnitudes = magnitudes
+    model.register_forward_pre_hook(lambda module, inputs: setattr(migu, "output_magnitudes", magnitudes))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         one_step(model, migu, data)
@@ -206,6 +207,7 @@ def test_an_output_changed_in_place_after_its_layer_is_an_error(tokenizer, tmp_p
     data = [blocks(len(tokenizer), 2, seed=0)]
     migu = MIGU(MIGUConfig())
     migu.before_stage(context(1, data, model, tmp_path))
+    one_step(model, migu, data)  # MIGU's hooks are in place: the one below runs after them
     model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda module, inputs, output: output.mul_(2))
     with pytest.raises(RuntimeError, match="Conv1D in place"):
         one_step(model, migu, data)
@@ -280,18 +282,39 @@ def test_skipping_masked_rows_trains_exactly_as_masking_them(tokenizer, tmp_path
     assert all(grad == 0 for grad in skipping) == (micro_batches == 1)
 
 
-def test_skipping_masked_rows_leaves_frozen_weights_and_swaps_forwards_back(tokenizer, tmp_path):
-    """A weight frozen after MIGU's set-up (as TGL freeze does) stays frozen; a layer whose forward
-    fails leaves its weight trainable; the next stage's set-up restores the layers' own forwards."""
+def test_layers_frozen_after_set_up_are_left_out_of_the_plan(tokenizer, tmp_path):
+    """TGL freeze freezes after MIGU's before_stage: the plan, made at the stage's first training
+    forward, sums and masks only the layers that train then (with skip_masked_rows too, where a
+    frozen weight must stay out of the graph), and eval forwards before it do not make it."""
+    for skip in (False, True):
+        model = tiny_model(tokenizer)
+        data = [blocks(len(tokenizer), 2, seed=0)]
+        migu = MIGU(MIGUConfig(skip_masked_rows=skip))
+        migu.before_stage(context(1, data, model, tmp_path))
+        model.eval()
+        with torch.no_grad():
+            model(input_ids=data[0])
+        model.train()
+        every_width = sum(t.width for t in linear_targets(model))
+        frozen = model.transformer.h[0]
+        frozen.requires_grad_(False)
+        migu_steps(model, migu, data, 1)
+        trained = [t for t in linear_targets(model) if t.weight.requires_grad]
+        assert {id(t.weight) for t in migu.targets} == {id(t.weight) for t in trained}
+        assert len(migu.sums) == sum(t.width for t in trained) < every_width
+        assert not any(frozen_module._forward_hooks or "forward" in vars(frozen_module)
+                       for frozen_module in frozen.modules())
+        assert all(p.grad is None and not p.requires_grad for p in frozen.parameters())
+
+
+def test_skipping_masked_rows_swaps_forwards_back(tokenizer, tmp_path):
+    """A layer whose forward fails leaves its weight trainable; the next stage's set-up restores the
+    layers' own forwards."""
     model = tiny_model(tokenizer)
     data = [blocks(len(tokenizer), 2, seed=0)]
     migu = MIGU(MIGUConfig(skip_masked_rows=True))
     migu.before_stage(context(1, data, model, tmp_path))
-    frozen = model.transformer.h[0].attn.c_attn.weight
-    frozen.requires_grad_(False)
     migu_steps(model, migu, data, 1)
-    assert not frozen.requires_grad and frozen.grad is None
-    frozen.requires_grad_(True)
     fc = model.transformer.h[0].mlp.c_fc
     with pytest.raises(RuntimeError):
         fc(torch.randn(3, 5))  # a wrong width, while the layer's weight is out of the graph
