@@ -885,16 +885,19 @@ def check_same_run(run_dir: Path, cfg: TrainConfig) -> None:
     """A run dir holds one run: resuming or reusing it under another config would mix two runs'
     checkpoints, metrics and results, and rewrite its config.yaml as if it were one."""
     saved_path = run_dir / "config.yaml"
-    if not saved_path.exists():
-        return
-    saved, current = run_identity(OmegaConf.load(saved_path)), run_identity(cfg)
+    if saved_path.exists():
+        check_same_identity(run_identity(OmegaConf.load(saved_path)), run_identity(cfg), f"{run_dir} was started with")
+
+
+def check_same_identity(saved: dict[str, Any], current: dict[str, Any], source: str) -> None:
+    """A ConfigError naming the first key whose value in the `current` run identity is not the `saved` one's."""
     # keys only one side has come from another version of lifelong: they are not compared
     changed = sorted(key for key in saved.keys() & current.keys() if saved[key] != current[key])
     if changed:
         key = changed[0]
         others = f"; {', '.join(changed[1:])} differ too" if changed[1:] else ""
-        raise ConfigError(key, current[key], f"{saved[key]!r}, the value {run_dir} was started with "
-                          f"(a run dir holds one run: give a new run another hydra.run.dir{others})")
+        raise ConfigError(key, current[key], f"{saved[key]!r}, the value {source} (a run dir holds one run: "
+                          f"give a new run another hydra.run.dir{others})")
 
 
 # what AutoTokenizer reads a model directory's tokenizer from

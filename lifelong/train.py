@@ -38,7 +38,9 @@ from lifelong.config import (
     TrainConfig,
     TrainerConfig,
     check_device_visible,
+    check_same_identity,
     check_same_run,
+    run_identity,
     save_run_config,
     to_train_config,
 )
@@ -166,12 +168,14 @@ def check_resumable(run_dir: Path, state: dict, world_size: int) -> None:
 
 
 def checkpoint(run_dir: Path, env: DistEnv, tc: TrainerConfig, global_step: int, state: dict, model: nn.Module,
-               hooks: list[Method], matrices: dict, initial: list[dict], scaler: torch.amp.GradScaler) -> None:
-    """Everything a resume needs besides `state` (position and optimizer); rank 0 writes."""
+               hooks: list[Method], matrices: dict, initial: list[dict], scaler: torch.amp.GradScaler,
+               identity: dict) -> None:
+    """Everything a resume needs besides `state` (position and optimizer), and the run's identity
+    (what a resume checks it against); rank 0 writes."""
     if env.is_main:
         save_checkpoint(run_dir, global_step, {
             **state, "global_step": global_step, "model": model.state_dict(), "rng": rng_state(),
-            "scaler": scaler.state_dict(), "world_size": env.world_size,
+            "scaler": scaler.state_dict(), "world_size": env.world_size, "identity": identity,
             "hooks": [h.state_dict() for h in hooks], "matrices": matrices, "initial": initial,
         }, tc.keep_checkpoints)
     if env.world_size > 1:
@@ -202,9 +206,13 @@ def train(cfg: TrainConfig) -> dict:
         device = torch.device("cuda", env.local_rank)
     seed_everything(cfg.seed)
     autocast_dtype = AUTOCAST[cfg.trainer.precision]
+    identity = run_identity(cfg)
     resume = load_latest_checkpoint(run_dir)
     if resume:
         check_resumable(run_dir, resume, env.world_size)
+        if "identity" in resume:  # config.yaml guards the run dir; this, a checkpoint copied into it
+            check_same_identity(resume["identity"], identity, f"the latest checkpoint in {checkpoint_dir(run_dir)} "
+                                "was written with")
     if resume and env.is_main:
         print(f"Resuming {run_dir} at stage {resume['stage']}, step {resume['step']}", flush=True)
     if env.is_main:
@@ -338,7 +346,7 @@ def train(cfg: TrainConfig) -> dict:
                          # each rank holds its share of the window's loss; logging reads their mean
                          "scheduler": scheduler.state_dict(), "window_loss": mean_across_ranks(window_loss).cpu()}
                 checkpoint(run_dir, env, tc, t * tc.steps_per_stage + step + 1, state, model, hooks, matrices,
-                           initial, scaler)
+                           initial, scaler, identity)
             if preempted:
                 logger.close()
                 preemption.hand_over()
@@ -366,7 +374,7 @@ def train(cfg: TrainConfig) -> dict:
                              step=(t + 1) * tc.steps_per_stage)
         # the next stage starts from here: no optimizer state (each stage builds its own)
         checkpoint(run_dir, env, tc, (t + 1) * tc.steps_per_stage, {"stage": t + 1, "step": 0}, model, hooks,
-                   matrices, initial, scaler)
+                   matrices, initial, scaler, identity)
         # a signal during the stage's last steps or its evaluation would otherwise wait for the next
         # stage's first poll, after TGL's tracing; the stage's checkpoint is written: hand over now
         if t + 1 < num_stages and any_rank(preemption.requested, device):

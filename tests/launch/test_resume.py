@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 import pytest
 import torch
 
+from lifelong.config import ConfigError
 from lifelong.launch.checkpoint import checkpoint_dir, load_latest_checkpoint, save_checkpoint
 from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.train import train
@@ -210,3 +212,17 @@ def test_a_run_is_not_resumed_by_another_number_of_processes(tmp_path):
     save_checkpoint(run_dir, state["global_step"], {**state, "world_size": 2}, keep=10)  # as 2 ranks write it
     with pytest.raises(ValueError, match=r"trained by 2 processes and this launch has 1.*resume it with 2"):
         train(make_config(run_dir, *OVERRIDES[1:]))
+
+
+def test_a_checkpoint_of_another_config_copied_into_a_run_dir_is_refused(tmp_path):
+    """Checkpoints carry their run's identity: config.yaml guards a run dir, and this a checkpoint
+    copied into one by hand (without it, the run would resume another config's training)."""
+    other = tmp_path / "other"
+    train(make_config(other, "trainer.steps_per_stage=4", "data.num_stages=2", "trainer.lr=0.01"))
+    run_dir = tmp_path / "run"
+    checkpoint_dir(run_dir).mkdir(parents=True)
+    for path in checkpoint_dir(other).glob("step_*.pt"):
+        shutil.copy(path, checkpoint_dir(run_dir))
+    with pytest.raises(ConfigError, match=r"trainer.lr=0.001: allowed is 0.01, the value the latest checkpoint"):
+        train(make_config(run_dir, "trainer.steps_per_stage=4", "data.num_stages=2", "trainer.lr=0.001"))
+    assert not (run_dir / "config.yaml").exists()
