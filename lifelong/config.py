@@ -456,6 +456,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(0 <= self.seed < 2**32, "seed", self.seed, "an integer in [0, 2**32 - 1] (numpy's seeds)")
+        for group in (self.method, self.tgl):  # LoRA's and TGL's first stage: the first update of a model
+            if hasattr(group, "from_stage") and group.from_stage is None:  # that is pretrained, else the second
+                group.from_stage = 0 if self.model.path else 1
         limit = self.model.position_limit()
         if limit is not None:  # beyond it GPT-2's position embedding has no row (an IndexError mid-run)
             require(self.data.seq_len <= limit[0], "data.seq_len", self.data.seq_len,

@@ -313,3 +313,16 @@ def test_resolved_config_round_trips():
 
     cfg = compose(["experiment=smoke"])
     assert OmegaConf.select(cfg, "trainer.steps_per_stage") == 6
+
+
+@pytest.mark.parametrize(("method", "tgl"), [("lora", "freeze"), ("lora_migu", "adaptive_lr")])
+def test_lora_and_tgl_start_at_the_first_update_of_the_model(method, tgl):
+    """from_stage null (the default): stage 1 for a model built from config, whose stage 0 trains it
+    from scratch; stage 0 for a pretrained model.path model, whose stage 0 is already an update
+    (paper_main sweeps methods without the key, so it cannot set it). A value given is kept."""
+    chosen = [f"method={method}", f"tgl={tgl}"]
+    local = [*chosen, "model=local", f"model.path={MODEL_DIR}"]
+    for overrides, expected in [(chosen, (1, 1)), (local, (0, 0)), ([*local, "method.from_stage=2", "tgl.from_stage=1"],
+                                                                   (2, 1))]:
+        cfg = compose_train_config(overrides)
+        assert (cfg.method.from_stage, cfg.tgl.from_stage) == expected, overrides

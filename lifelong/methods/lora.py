@@ -1,8 +1,8 @@
 """LoRA via peft: the base model is frozen, low-rank adapters W + (alpha/r) B A are trained.
 
-Stage 0 is the first snapshot of the world: the base model is (pre)trained on it in full, and
-adapters are injected (in place, `peft.inject_adapter_in_model`) from stage `from_stage` on, as
-a LoRA continual learner starts from a pretrained model. `from_stage: 0` adapts from the start.
+Adapters are injected (in place, `peft.inject_adapter_in_model`) from stage `from_stage` on, as a
+LoRA continual learner starts from a pretrained model: by default stage 0 for a `model.path` model,
+and stage 1 for one built from config, whose stage 0 (pre)trains the base model in full.
 Target modules default per family (GPT-2 `c_attn`, a Conv1D so `fan_in_fan_out`; Llama
 `q_proj`, `v_proj`). `merge_each_stage: true` folds the adapters into the base weights at the
 end of every stage and starts the next stage from fresh adapters (B = 0, so the function is
@@ -83,10 +83,13 @@ class LoRAConfig:
     dropout: float = 0.0
     target_modules: list[str] | None = None  # None: the family's default (DEFAULT_TARGETS)
     merge_each_stage: bool = False
-    from_stage: int = 1  # stage from which adapters train; before it the model trains in full
+    # stage from which adapters train; before it the model trains in full. None: 0 for a pretrained
+    # model (model.path), else 1 (stage 0 trains a model built from config from scratch); TrainConfig sets it
+    from_stage: int | None = None
 
     def __post_init__(self) -> None:
-        require(self.from_stage >= 0, "method.from_stage", self.from_stage, "an integer >= 0")
+        require(self.from_stage is None or self.from_stage >= 0, "method.from_stage", self.from_stage,
+                "an integer >= 0, or null (0 for a model.path model, else 1)")
         require(self.r > 0, "method.r", self.r, "an integer > 0")
         require(self.alpha > 0, "method.alpha", self.alpha, "a float > 0")
         require(0 <= self.dropout < 1, "method.dropout", self.dropout, "a float in [0, 1)")

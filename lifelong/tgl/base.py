@@ -1,7 +1,8 @@
 """What every TGL variant shares: when to trace, how to select, what is saved.
 
-Before a stage (from `from_stage` on; stage 0 trains a model from scratch, whose gradients say
-nothing yet) the variant traces the stage's temporal vs. control gradient norms, selects layers
+Before a stage (from `from_stage` on: by default 1 for a model built from config, as stage 0
+trains it from scratch and its gradients say nothing yet, and 0 for a pretrained model) the
+variant traces the stage's temporal vs. control gradient norms, selects layers
 by `rule`, and saves the trace as `trace_stage_<t>.json` and `.png` in the run dir. With
 `trace: once` the first trace is reused for every later stage.
 """
@@ -32,7 +33,7 @@ class When(Enum):
 @dataclass
 class TGLConfig:
     name: str = "tgl"
-    from_stage: int = 1
+    from_stage: int | None = None  # None: 0 for a pretrained model (model.path), else 1; TrainConfig sets it
     trace: When = When.every_stage
     trace_batches: int = 4
     rule: Rule = Rule.above_mean
@@ -42,7 +43,8 @@ class TGLConfig:
     matched_control: bool = False  # control loss over as many tokens as a knowledge span (trace.py)
 
     def __post_init__(self) -> None:
-        require(self.from_stage >= 0, "tgl.from_stage", self.from_stage, "an integer >= 0")
+        require(self.from_stage is None or self.from_stage >= 0, "tgl.from_stage", self.from_stage,
+                "an integer >= 0, or null (0 for a model.path model, else 1)")
         require(self.trace_batches > 0, "tgl.trace_batches", self.trace_batches, "an integer > 0")
         require(self.k > 0, "tgl.k", self.k, "an integer > 0")
         require(0 < self.fraction <= 1, "tgl.fraction", self.fraction, "a float in (0, 1]")

@@ -159,7 +159,7 @@ def test_the_trace_plots_line_is_the_mean_the_rule_compares_with(setup, tmp_path
     drawn = {}
     monkeypatch.setattr(lifelong.tgl.base, "trace_plot", lambda *args: drawn.setdefault("args", args)[-1])
     tokenizer, blocks = setup
-    freeze = FreezeConfig().build()
+    freeze = FreezeConfig(from_stage=1).build()
     freeze.before_stage(ctx_for(1, tiny_model(tokenizer), tokenizer, blocks, tmp_path))
     rows = dict(zip(freeze.trace.layers, freeze.trace.relative, strict=True))
     block_r = [r for layer, r in rows.items() if is_block(layer)]
@@ -172,7 +172,7 @@ def test_the_trace_plots_line_is_the_mean_the_rule_compares_with(setup, tmp_path
 def test_freeze_keeps_unselected_layers_bit_identical(setup, tmp_path, freeze_non_block):
     tokenizer, blocks = setup
     model = tiny_model(tokenizer)
-    freeze = FreezeConfig(rule=Rule.top_k, k=1, freeze_non_block=freeze_non_block).build()
+    freeze = FreezeConfig(from_stage=1, rule=Rule.top_k, k=1, freeze_non_block=freeze_non_block).build()
     ctx = ctx_for(1, model, tokenizer, blocks, tmp_path)
     freeze.before_stage(ctx)
     selected = freeze.selected
@@ -197,7 +197,7 @@ def test_freeze_keeps_unselected_layers_bit_identical(setup, tmp_path, freeze_no
 def test_adaptive_lr_gives_the_configured_per_layer_rates(setup, tmp_path):
     tokenizer, blocks = setup
     model = tiny_model(tokenizer)
-    method = AdaptiveLRConfig(min_scale=0.5, max_scale=2.0).build()
+    method = AdaptiveLRConfig(from_stage=1, min_scale=0.5, max_scale=2.0).build()
     method.before_stage(ctx_for(1, model, tokenizer, blocks, tmp_path))
     trace = json.loads((tmp_path / "trace_stage_1.json").read_text())
     blocks = {layer: r for layer, r in zip(trace["layers"], trace["relative"], strict=True) if is_block(layer)}
