@@ -118,6 +118,14 @@ def pack(tokenizer, texts: list[str], seq_len: int) -> torch.Tensor:
     return torch.from_numpy(pack_documents(lengths, [tokens], seq_len, lambda shape: np.empty(shape, np.int32)))
 
 
+def sample_rows(num_rows: int, samples: int, seed: int) -> torch.Tensor:
+    """`samples` distinct row indices out of `num_rows` (all if there are fewer), drawn by their own
+    generator: the same on every rank, and the global RNG is not drawn from. Packing puts the
+    longest documents first, and streams list their kinds of sequences in turn, so the first rows
+    are no sample (EWC's Fisher, TGL's trace)."""
+    return torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed))[:samples]
+
+
 def lm_inputs(blocks: torch.Tensor, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, labels) of a batch of blocks: PAD positions read token 0 (they come after every
     real token of their block, so causal attention never lets them change a real token's loss)

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lifelong.config import register, require
-from lifelong.data.tokens import lm_inputs
+from lifelong.data.tokens import lm_inputs, sample_rows
 from lifelong.methods.base import Method, StageContext
 
 
@@ -35,21 +35,15 @@ def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def fisher_rows(num_blocks: int, samples: int, seed: int) -> torch.Tensor:
-    """`samples` distinct block indices (all if there are fewer), drawn by their own generator: the
-    same on every rank, and the global RNG is not drawn from."""
-    return torch.randperm(num_blocks, generator=torch.Generator().manual_seed(seed))[:samples]
-
-
 def empirical_fisher(model: nn.Module, blocks: torch.Tensor, samples: int, device: torch.device,
                      seed: int = 0) -> dict:
     """Mean of squared per-sequence gradients of the LM loss over `samples` blocks drawn at random
-    (fisher_rows). Under DDP each rank takes every world_size-th of them and the sums are
+    (sample_rows). Under DDP each rank takes every world_size-th of them and the sums are
     all-reduced: one process's Fisher (up to the order of float sums) at a world_size-th of the
     work per rank."""
     distributed = dist.is_available() and dist.is_initialized()
     rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    rows = fisher_rows(len(blocks), samples, seed)
+    rows = sample_rows(len(blocks), samples, seed)
     count = len(rows)
     params = trainable(model)
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}

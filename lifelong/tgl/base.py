@@ -41,6 +41,7 @@ class TGLConfig:
     fraction: float = 0.5  # for rule=top_fraction
     block_pattern: str | None = None  # regex whose group 1 is the block index, for other families
     matched_control: bool = False  # control loss over as many tokens as a knowledge span (trace.py)
+    seed: int = 0  # draws the traced rows (with the stage's index)
 
     def __post_init__(self) -> None:
         require(self.from_stage is None or self.from_stage >= 0, "tgl.from_stage", self.from_stage,
@@ -77,7 +78,7 @@ class TracedLayers(Method):
         self.trace = trace_layers(
             ctx.model, knowledge, ctx.stage_blocks[ctx.index], self.cfg.trace_batches, global_batch,
             ctx.device, ctx.tokenizer.pad_token_id, self.cfg.block_pattern, self.cfg.matched_control,
-            chunk_size=ctx.micro_batch_size,
+            chunk_size=ctx.micro_batch_size, seed=self.cfg.seed * 1000 + ctx.index,
         )
         if dist.is_available() and dist.is_initialized():  # every rank selects from rank 0's trace: a GPU's
             shared = [self.trace]  # sums may differ in their last bits, and ranks must freeze alike

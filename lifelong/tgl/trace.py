@@ -6,12 +6,13 @@ ordinary training blocks, or (`matched_control`) the loss over as many randomly 
 per block as a knowledge span has on average. A mean over a few tokens has a much larger
 gradient than a mean over a whole block whatever the tokens are, so the matched control
 separates "knowledge tokens" from "few tokens" (on the synthetic stream most of the raw ratio
-is the latter). For each side the per-layer L2 norms of each batch's gradient are
-averaged over `batches` batches. A batch is the trainer's global batch (micro-batch x
-grad_accum x ranks), its gradient that of its mean token loss, accumulated over micro-batch-sized
-chunks: the trace, like the training, does not depend on how the batch is split. Only
-parameters that are trainable now are traced (under LoRA: the adapters). The model, its grads,
-the optimizer and the RNG are left as they were.
+is the latter). For each side the per-layer L2 norms of each batch's gradient are averaged
+over `batches` batches of rows drawn at random (seeded; the first rows are no sample: streams
+list changed facts before new entities, and packing puts the longest documents first). A batch
+is the trainer's global batch (micro-batch x grad_accum x ranks), its gradient that of its mean
+token loss, accumulated over micro-batch-sized chunks: the trace, like the training, does not
+depend on how the batch is split. Only parameters that are trainable now are traced (under
+LoRA: the adapters). The model, its grads, the optimizer and the RNG are left as they were.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lifelong.data.tokens import PAD, lm_inputs, summed_token_loss
+from lifelong.data.tokens import PAD, lm_inputs, sample_rows, summed_token_loss
 from lifelong.eval.perplexity import EncodedProbes
 from lifelong.optim import LayerGradNorms
 
@@ -77,8 +78,10 @@ def trace_layers(
     block_pattern: str | None = None,
     matched_control: bool = False,
     chunk_size: int | None = None,
+    seed: int = 0,
 ) -> Trace:
-    """`batches` batches of `batch_size` rows per side, run `chunk_size` rows at a time (default: whole)."""
+    """`batches` batches of `batch_size` rows per side, drawn by `seed`, run `chunk_size` rows at a
+    time (default: whole)."""
     saved_grads = {p: p.grad for p in model.parameters()}
     rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
@@ -87,16 +90,17 @@ def trace_layers(
     norms = LayerGradNorms(model, block_pattern)
     chunk_size = chunk_size or batch_size
 
-    def batch_chunks(rows: int) -> Iterator[list[range]]:
-        """The first `batches` batches of `rows` rows, each as its chunks' row ranges."""
-        for first in range(0, min(rows, batches * batch_size), batch_size):
-            end = min(rows, first + batch_size)
-            yield [range(c, min(end, c + chunk_size)) for c in range(first, end, chunk_size)]
+    def batch_chunks(num_rows: int) -> Iterator[list[list[int]]]:
+        """`batches` batches of rows drawn from `num_rows`, each as its chunks' rows."""
+        rows = sample_rows(num_rows, batches * batch_size, seed).tolist()
+        for batch in range(0, len(rows), batch_size):
+            yield [rows[c : min(batch + batch_size, c + chunk_size)]
+                   for c in range(batch, min(len(rows), batch + batch_size), chunk_size)]
 
     span_tokens = max(1, round(sum(map(sum, knowledge.targets)) / max(1, len(knowledge))))
 
-    def control_chunk(rows: range) -> Chunk:
-        ids, labels = lm_inputs(control_blocks[rows.start : rows.stop])
+    def control_chunk(rows: list[int]) -> Chunk:
+        ids, labels = lm_inputs(control_blocks[rows])
         if matched_control:  # score span_tokens random real positions per block (never position 0)
             # a generator per block, seeded by its row: the global RNG is not drawn from, and a
             # block's positions do not depend on the chunk it is in
@@ -106,7 +110,7 @@ def trace_layers(
             labels = torch.full_like(labels, PAD).scatter(1, picks, labels.gather(1, picks))
         return ids, None, labels
 
-    temporal_batches = ([span_batch(knowledge, list(rows), pad_id) for rows in chunks]
+    temporal_batches = ([span_batch(knowledge, rows, pad_id) for rows in chunks]
                         for chunks in batch_chunks(len(knowledge)))
     control_batches = ([control_chunk(rows) for rows in chunks] for chunks in batch_chunks(len(control_blocks)))
     temporal = _mean_norms(model, norms, temporal_batches, device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lifelong.data.tokens import ConcatBlocks
+from lifelong.data.tokens import ConcatBlocks, sample_rows
 
 
 def parts(lengths: list[int], seed: int = 0) -> list[torch.Tensor]:
@@ -53,3 +53,15 @@ def test_refuses_what_it_would_misread():
         view[1, 2]  # not rows 1 and 2
     with pytest.raises(ValueError, match="block shape"):
         ConcatBlocks([torch.zeros(2, 4), torch.zeros(2, 5)])
+
+
+def test_sampled_rows_are_drawn_across_the_rows_by_their_own_generator():
+    """EWC's Fisher and TGL's trace: packing puts the longest documents first, so the first blocks
+    would be a few long documents."""
+    rows = sample_rows(1000, 32, seed=0)
+    assert len(set(rows.tolist())) == 32 and rows.max() >= 500  # not the first 32 blocks
+    assert torch.equal(rows, sample_rows(1000, 32, seed=0)) and not torch.equal(rows, sample_rows(1000, 32, seed=1))
+    assert sorted(sample_rows(5, 32, seed=0).tolist()) == list(range(5))  # a small stage: all its blocks
+    rng = torch.get_rng_state()
+    sample_rows(1000, 32, seed=3)
+    assert torch.equal(torch.get_rng_state(), rng)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lifelong.methods.ewc import EWC, EWCConfig, empirical_fisher, fisher_rows
+from lifelong.data.tokens import sample_rows
+from lifelong.methods.ewc import EWC, EWCConfig, empirical_fisher
 from tests.methods.conftest import blocks, context, tiny_model
 
 
@@ -26,7 +27,7 @@ def test_fisher_penalty_and_online_decay(tokenizer, tmp_path):
     ewc = EWC(EWCConfig(ewc_lambda=7.0, fisher_samples=4))
     ewc.after_stage(context(0, data, model, tmp_path))
     fisher, anchor = ewc.fisher, ewc.anchor
-    for ours, naive in zip(fisher.values(), naive_fisher(model, data[0][fisher_rows(6, 4, seed=0)]), strict=True):
+    for ours, naive in zip(fisher.values(), naive_fisher(model, data[0][sample_rows(6, 4, seed=0)]), strict=True):
         assert torch.allclose(ours, naive, rtol=1e-4, atol=1e-12)
 
     assert ewc.penalty().item() == 0.0  # at the anchor
@@ -50,17 +51,6 @@ def test_fisher_penalty_and_online_decay(tokenizer, tmp_path):
             continue
         by_hand = 1 + 7.0 * fisher[name] * (p.detach() - anchor[name])
         assert torch.allclose(p.grad, by_hand, rtol=1e-5, atol=1e-7)
-
-
-def test_the_fishers_sequences_are_drawn_across_the_stage():
-    """Packing puts the longest documents first: the first blocks would be a few long documents."""
-    rows = fisher_rows(1000, 32, seed=0)
-    assert len(set(rows.tolist())) == 32 and rows.max() >= 500  # not the first 32 blocks
-    assert torch.equal(rows, fisher_rows(1000, 32, seed=0)) and not torch.equal(rows, fisher_rows(1000, 32, seed=1))
-    assert sorted(fisher_rows(5, 32, seed=0).tolist()) == list(range(5))  # a small stage: all its blocks
-    rng = torch.get_rng_state()
-    fisher_rows(1000, 32, seed=3)
-    assert torch.equal(torch.get_rng_state(), rng)
 
 
 def test_online_keeps_one_decayed_fisher_and_the_latest_anchor(tokenizer, tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 from lifelong.config import CONF_DIR, ModelConfig, SyntheticDataConfig
 from lifelong.data.synthetic import generate_stream
-from lifelong.data.tokens import lm_inputs, pack, train_tokenizer
+from lifelong.data.tokens import lm_inputs, pack, sample_rows, train_tokenizer
 from lifelong.eval.perplexity import EncodedProbes, encode_probes
 from lifelong.methods.base import StageContext
 from lifelong.models import build_model, is_block, layer_of
@@ -71,10 +71,11 @@ def test_trace_equals_naive_and_leaves_no_trace(setup, tmp_path):
 
     model.eval()
     temporal = []
+    knowledge_rows, control_rows = (sample_rows(n, 2 * 4, seed=0).tolist() for n in (len(knowledge), len(blocks[1])))
     for b in range(2):
-        ids, attention, labels = span_batch(knowledge, list(range(4 * b, 4 * b + 4)), tokenizer.pad_token_id)
+        ids, attention, labels = span_batch(knowledge, knowledge_rows[4 * b : 4 * b + 4], tokenizer.pad_token_id)
         temporal.append(lambda i=ids, a=attention, lab=labels: model(input_ids=i, attention_mask=a, labels=lab).loss)
-    control = [lambda b=b: lm_loss(model, blocks[1][4 * b : 4 * b + 4]) for b in range(2)]
+    control = [lambda b=b: lm_loss(model, blocks[1][control_rows[4 * b : 4 * b + 4]]) for b in range(2)]
     rows, naive_temporal = naive_norms(model, temporal)
     _, naive_control = naive_norms(model, control)
     assert trace.layers == rows
