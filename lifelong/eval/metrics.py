@@ -1,12 +1,13 @@
 """Continual-learning metrics from a stage x stage perplexity matrix.
 
 matrix[i][j] = perplexity on the probes of stage j after training stage i (None: empty set).
-Differences are taken in log-perplexity so "lower is better" stays explicit:
+Differences are taken in log-perplexity, later minus earlier, so every metric is lower-is-better
+(DESIGN.md section 4; GEM's BWT and FWT, defined on accuracy, are these with the sign flipped):
 - `final`: mean perplexity over stages after the last stage.
 - `forgetting`: mean over j < T-1 of (log ppl after the last stage - best log ppl on j
   at any point from stage j to T-2); > 0 means knowledge was lost.
-- `backward_transfer`: mean over j < T-1 of (log ppl right after stage j - log ppl after the
-  last stage); < 0 means later training hurt stage j (avalanche's sign convention).
+- `backward_transfer`: mean over j < T-1 of (log ppl after the last stage - log ppl right after
+  stage j); > 0 means later training hurt stage j, < 0 that it helped.
 - `forward_transfer` and `fuar`: below.
 A diverged run's NaN perplexity gives NaN, never a clean-looking figure: Python's min and max
 would drop it depending on its position.
@@ -46,7 +47,7 @@ def forgetting(matrix: Matrix) -> float | None:
 def backward_transfer(matrix: Matrix) -> float | None:
     last = len(matrix) - 1
     gaps = [
-        math.log(matrix[j][j]) - math.log(matrix[last][j])
+        math.log(matrix[last][j]) - math.log(matrix[j][j])
         for j in range(last)
         if matrix[j][j] is not None and matrix[last][j] is not None
     ]

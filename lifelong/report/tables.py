@@ -7,8 +7,8 @@ Tables (the metrics of lifelong/eval/metrics.py; lower is better unless said):
   perplexities. Any probe set may be empty (TemporalWiki has no `new` probes, ECBD only `new`):
   its metrics are None, shown as n/a, and both means are over the others.
 - `forgetting`: forgetting per probe set.
-- `transfer`: backward transfer per probe set (`bwt_*`, higher is better: < 0 means later stages
-  hurt) and forward transfer (`fwt_*`: < 0 means earlier stages helped), in log-perplexity.
+- `transfer`: backward transfer per probe set (`bwt_*`: > 0 means later stages hurt) and forward
+  transfer (`fwt_*`: < 0 means earlier stages helped), in log-perplexity.
 - `accuracy`: exact match and top-k span accuracy per probe set after the last stage (higher is
   better); streams with `accuracy_top_k` only (TempLAMA).
 
@@ -28,10 +28,6 @@ from lifelong.data.stream import PROBE_SETS
 from lifelong.report.collect import Run, group_runs
 
 TABLES = ("main", "forgetting", "transfer", "accuracy")
-
-
-def higher_is_better(table: str, column: str) -> bool:
-    return table == "accuracy" or column.startswith("bwt_")
 
 
 @dataclass
@@ -108,8 +104,9 @@ def _cell_text(table: Table, label: str, column: str, best: bool, bold: tuple[st
 
 
 def formatted(table: Table, bold: tuple[str, str]) -> pd.DataFrame:
-    best = {column: (values.max() if higher_is_better(table.name, column) else values.min())
-            for column, values in table.means.items()}  # NaN skipped
+    # accuracy is higher-is-better, every other metric lower (lifelong/eval/metrics.py); NaN skipped
+    best = {column: values.max() if table.name == "accuracy" else values.min()
+            for column, values in table.means.items()}
     out = pd.DataFrame(index=table.means.index, columns=table.means.columns, dtype=object)
     for label in out.index:
         for column in out.columns:

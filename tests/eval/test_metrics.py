@@ -24,16 +24,25 @@ def test_forgetting_uses_best_earlier_log_perplexity():
     # stage 0: best 10 (after stage 0), final 40; stage 1: best 5, final 8
     expected = (math.log(40 / 10) + math.log(8 / 5)) / 2
     assert forgetting(MATRIX) == pytest.approx(expected)
+    # the best is not always right after the stage: stage 0's probes are best (6) after stage 1
+    later_best = [[10.0, None], [6.0, None], [40.0, None]]
+    assert forgetting(later_best) == pytest.approx(math.log(40 / 6))
+    assert backward_transfer(later_best) == pytest.approx(math.log(40 / 10))  # from right after stage 0
 
 
-def test_backward_transfer_sign():
-    expected = (math.log(10 / 40) + math.log(5 / 8)) / 2
+def test_backward_transfer_is_a_change_in_log_perplexity():
+    """Later minus right after, lower is better like forgetting and forward transfer (DESIGN.md 4)."""
+    expected = (math.log(40 / 10) + math.log(8 / 5)) / 2
     assert backward_transfer(MATRIX) == pytest.approx(expected)
-    assert backward_transfer(MATRIX) < 0  # forgetting shows as negative transfer
+    assert backward_transfer(MATRIX) > 0  # later stages raised the earlier stages' perplexity
+    assert backward_transfer([[10.0, None], [5.0, 3.0]]) == pytest.approx(math.log(5 / 10))  # < 0: it helped
 
 
-def test_summarize_keys():
-    assert set(summarize(MATRIX, [1.0, 1.0, 1.0])) == {"final", "forgetting", "backward_transfer", "forward_transfer"}
+def test_summarize_gives_each_metric():
+    initial = [100.0, 80.0, 60.0]
+    assert summarize(MATRIX, initial) == {
+        "final": final_perplexity(MATRIX), "forgetting": forgetting(MATRIX),
+        "backward_transfer": backward_transfer(MATRIX), "forward_transfer": forward_transfer(MATRIX, initial)}
 
 
 def test_forward_transfer_against_the_untrained_model():
