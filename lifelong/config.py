@@ -10,6 +10,7 @@ launched, so a bad override fails in the parent process with the key and what is
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -911,11 +912,23 @@ def check_input_paths(cfg: TrainConfig) -> None:
     """Every model / data path of a job exists, before anything is launched. Nothing is
     downloaded: a hub id or a path on another machine gets an error naming the key to set."""
     paths = {**cfg.data.input_paths(), **({"model.path": [cfg.model.path]} if cfg.model.path else {})}
+    # the directories a stream or model is read from; every other input path is a file
+    directories = {cfg.model.path, *(getattr(cfg.data, key, None) for key in ("path", "root"))} - {None}
     for key, values in paths.items():
         for value in values:
-            if not Path(value).exists():
+            path = Path(value)
+            if not path.exists():
                 raise ConfigError(key, value, "an existing local path (nothing is downloaded: copy the files to "
                                   f"this machine, or change {key})")
+            if path.is_dir() != (value in directories):
+                wanted, found = ("a directory", "a file") if value in directories else ("a file", "a directory")
+                raise ConfigError(key, value, f"{wanted} (this path is {found})")
+    cache_dir = getattr(cfg.data, "cache_dir", None)
+    if cache_dir is not None:  # datasets makes it (and its parents) on first use
+        existing = next(p for p in (Path(cache_dir).absolute(), *Path(cache_dir).absolute().parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError("data.cache_dir", cache_dir, f"a directory this user can write, or null ({existing} is "
+                              f"{'not a directory' if not existing.is_dir() else 'not writable'})")
     if cfg.model.path and not (Path(cfg.model.path) / "config.json").is_file():
         raise ConfigError("model.path", cfg.model.path, "a HF model directory, as save_pretrained writes it (this "
                           "one has no config.json)")

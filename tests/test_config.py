@@ -148,6 +148,12 @@ def test_a_presets_sweeper_params_are_validated_too():
          "a non-empty list"),  # a stream of no stage: it crashed after claiming the run dir
         (["data=ecbd", f"data.root={FIXTURES / 'ecbd'}", "data.years=[]"], "data.years", "a non-empty list"),
         (["data=templama", "data.files=[]"], "data.files", "a non-empty list"),
+        (["data=templama", f"data.files=[{FIXTURES / 'templama'}]"], "data.files", "a file (this path is a directory)"),
+        (["data=ecbd", f"data.root={FIXTURES / 'ecbd' / '2019' / 'np_spans_test.json'}"], "data.root",
+         "a directory (this path is a file)"),
+        (["model=local", f"model.path={MODEL_DIR / 'config.json'}"], "model.path", "a directory (this path is a file)"),
+        (["data=jsonl", f"data.path={FIXTURES / 'jsonl'}", f"data.cache_dir={MODEL_DIR / 'config.json' / 'cache'}"],
+         "data.cache_dir", "config.json is not a directory"),
         (["data=templama", "data.files=/etc/passwd"], "data.files", "allowed is a list, e.g. [a,b]"),  # a ??? key
         (["data=jsonl", "data.path=${oc.env:NOPE_XYZ}"], "data.path", "Environment variable 'NOPE_XYZ' not found"),
         (["model=local", "model.path=gpt2"], "model.path", "or change model.path"),  # a hub id, offline
