@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,24 +50,35 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """A reader (or a relaunch after a crash) sees the old file or the new one, never a part."""
+@contextlib.contextmanager
+def temporary_for(path: Path) -> Iterator[Path]:
+    """The temp file to write `path` through: renamed onto it once written and on disk, so a reader
+    (or a relaunch after a crash) sees the old file or the new one, never a part. A write that fails
+    (a full disk, a quota) removes it and says where, with the space left there."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
+    try:
+        yield temporary
+        with temporary.open("rb") as file:
+            os.fsync(file.fileno())
+    except (OSError, RuntimeError) as error:  # torch.save reports a failed write as a RuntimeError
+        temporary.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(f"writing {path} failed ({error}); {free / 2**20:.0f} MiB free there") from error
     os.replace(temporary, path)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    with temporary_for(path) as temporary:
+        temporary.write_text(text)
 
 
 def save_checkpoint(run_dir: Path, global_step: int, state: dict[str, Any], keep: int) -> Path:
     directory = checkpoint_dir(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"step_{global_step:08d}.pt"
-    temporary = path.with_suffix(".pt.tmp")
     # even if CRC-32s were turned off globally: without them the loader would reject every checkpoint
-    with serialization_config.patch({"save.compute_crc32": True}):
+    with serialization_config.patch({"save.compute_crc32": True}), temporary_for(path) as temporary:
         torch.save({**state, "complete": True}, temporary)
-    with temporary.open("rb") as file:
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
     for old in sorted(directory.glob(PATTERN))[:-keep]:
         old.unlink()
     return path
@@ -82,7 +95,10 @@ def verify_checksums(path: Path) -> None:
 def load_latest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     """The newest checkpoint that verifies and loads whole, or None when there is none. One that
     does not is set aside as `<name>.corrupt`: left among the checkpoints, it would stay the newest
-    by name, and pruning would delete the good ones the resumed run writes."""
+    by name, and pruning would delete the good ones the resumed run writes. The temp file of a write
+    a crash cut short is removed: nothing writes while a run starts."""
+    for stale in checkpoint_dir(run_dir).glob(PATTERN + ".tmp"):
+        stale.unlink(missing_ok=True)  # every rank reads the checkpoints
     paths = sorted(checkpoint_dir(run_dir).glob(PATTERN), reverse=True)
     for index, path in enumerate(paths):
         try:
