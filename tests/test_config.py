@@ -314,11 +314,25 @@ def test_every_yaml_starts_with_its_command():
         assert first.startswith("# lifelong-"), f"{path} does not start with its launch command"
 
 
-def test_resolved_config_round_trips():
-    from lifelong.config import compose
+def test_resolved_config_round_trips(tmp_path):
+    """save_run_config's config.yaml, loaded back and typed by each group's schema (named by its
+    `name` / `kind`), builds a TrainConfig equal to the composed one."""
+    from hydra.core.config_store import ConfigStore
 
-    cfg = compose(["experiment=smoke"])
-    assert OmegaConf.select(cfg, "trainer.steps_per_stage") == 6
+    from lifelong.config import to_train_config
+
+    composed = compose_train_config(["experiment=smoke", "method=ewc", "tgl=adaptive_lr", "seed=7",
+                                     "trainer.lr=0.01", "model.n_layer=3"], run_dir=str(tmp_path))
+    save_run_config(tmp_path, composed)
+    loaded = OmegaConf.load(tmp_path / "config.yaml")
+    typed = OmegaConf.structured(TrainConfig)
+    for group, key in (("data", "kind"), ("method", "name"), ("tgl", "name"), ("logger", "kind")):
+        schema = ConfigStore.instance().load(f"schema/{group}/{loaded[group][key]}.yaml").node
+        typed[group] = OmegaConf.merge(schema, loaded[group])
+    rebuilt = to_train_config(OmegaConf.merge(typed, loaded))
+    assert isinstance(rebuilt, TrainConfig) and type(rebuilt.method) is type(composed.method)
+    assert rebuilt == composed
+    assert (rebuilt.seed, rebuilt.trainer.lr, rebuilt.model.n_layer, rebuilt.method.name) == (7, 0.01, 3, "ewc")
 
 
 @pytest.mark.parametrize(("method", "tgl"), [("lora", "freeze"), ("lora_migu", "adaptive_lr")])
