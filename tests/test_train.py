@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import lifelong
 from lifelong.config import ConfigError
 from lifelong.data.corpus import CorpusFormatError
 from lifelong.data.stream import PROBE_SETS
@@ -46,6 +49,11 @@ def test_run_writes_config_metrics_results_and_provenance(tmp_path):
                 assert (value is None) if empty else math.isfinite(value)
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["packages"]["torch"] and "sha" in info["git"]
+    # the sha of the checkout the running lifelong was imported from (a clone's HEAD, not this test's)
+    code_dir = Path(lifelong.__file__).resolve().parent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=code_dir, capture_output=True, text=True, check=True)
+    assert re.fullmatch(r"[0-9a-f]{40}", info["git"]["sha"]) and info["git"]["sha"] == head.stdout.strip()
+    assert isinstance(info["git"]["dirty"], bool)
 
 
 def test_same_seed_same_losses_other_seed_other_losses(tmp_path):
