@@ -145,6 +145,10 @@ def test_selection_rules_on_hand_built_profiles():
     assert select_layers(layers, relative, Rule.above_mean) == ["layer_00", "layer_01"]  # not layer_02, not embed
     assert select_layers(layers, relative, Rule.top_k, k=3) == ["layer_00", "layer_01", "layer_02"]
     assert select_layers(layers, relative, Rule.top_fraction, fraction=0.5) == ["layer_00", "layer_01"]
+    # a fraction of the 4 blocks rounds up: 0.3 -> 2 blocks (not 1), 0.1 -> 1 block (not none)
+    assert select_layers(layers, relative, Rule.top_fraction, fraction=0.3) == ["layer_00", "layer_01"]
+    assert select_layers(layers, relative, Rule.top_fraction, fraction=0.1) == ["layer_00"]
+    assert select_layers(layers, relative, Rule.top_fraction, fraction=0.6) == ["layer_00", "layer_01", "layer_02"]
     with pytest.warns(UserWarning, match="selected no layer"):  # none above the mean: the top-1, never none
         assert select_layers(layers, [1.0] * 6, Rule.above_mean) == ["layer_00"]
     with pytest.warns(UserWarning, match="selected no layer"):
