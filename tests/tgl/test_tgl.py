@@ -17,7 +17,7 @@ from lifelong.optim import build_optimizer, default_param_groups
 from lifelong.tgl.adaptive_lr import AdaptiveLRConfig
 from lifelong.tgl.freeze import FreezeConfig
 from lifelong.tgl.select import Rule, select_layers
-from lifelong.tgl.trace import span_batch, trace_layers
+from lifelong.tgl.trace import Trace, span_batch, trace_layers
 from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.train import train
 from tests.conftest import make_config
@@ -217,6 +217,19 @@ def test_adaptive_lr_gives_the_configured_per_layer_rates(setup, tmp_path):
     assert seen == pytest.approx(expected)
     assert len(set(seen.values())) > 1
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_adaptive_lr_clamps_each_blocks_scale_to_min_and_max_scale(setup):
+    """A trace whose blocks sit at 0.5 and 1.5 times their mean, with bounds 0.75 and 1.25: the
+    blocks train at lr * min_scale and lr * max_scale, not at their unclamped ratios; the
+    embeddings (r = 5, not a block) and final norm at lr."""
+    tokenizer, _ = setup
+    model = tiny_model(tokenizer)
+    method = AdaptiveLRConfig(min_scale=0.75, max_scale=1.25).build()
+    method.trace = Trace(["embed", "layer_00", "layer_01", "final_norm"], [5.0, 3.0, 1.0, 1.0], [1.0] * 4)
+    assert method.layer_scales() == pytest.approx({"layer_00": 1.25, "layer_01": 0.75})
+    rates = {group["layer"]: group["lr"] for group in method.param_groups(model, 1e-3, 0.01)}
+    assert rates == pytest.approx({"embed": 1e-3, "layer_00": 1.25e-3, "layer_01": 0.75e-3, "final_norm": 1e-3})
 
 
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
