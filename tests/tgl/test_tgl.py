@@ -158,19 +158,29 @@ def test_selection_rules_on_hand_built_profiles():
 
 
 def test_the_trace_plots_line_is_the_mean_the_rule_compares_with(setup, tmp_path, monkeypatch):
-    """The blocks' mean, not every row's: drawn over all rows, a grey block could sit above the line."""
-    import lifelong.tgl.base
+    """The blocks' mean, not every row's: drawn over all rows, a grey block could sit above the line.
+    The real trace_plot draws the figure; pyplot's close is held back so its dashed line can be read."""
+    import matplotlib.pyplot as plt
 
-    drawn = {}
-    monkeypatch.setattr(lifelong.tgl.base, "trace_plot", lambda *args: drawn.setdefault("args", args)[-1])
+    figures, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig))
     tokenizer, blocks = setup
     freeze = FreezeConfig(from_stage=1).build()
     freeze.before_stage(ctx_for(1, tiny_model(tokenizer), tokenizer, blocks, tmp_path))
     rows = dict(zip(freeze.trace.layers, freeze.trace.relative, strict=True))
     block_r = [r for layer, r in rows.items() if is_block(layer)]
     assert len(block_r) < len(rows)  # embeddings, final norm and LM head are rows too
-    assert drawn["args"][4] == pytest.approx(sum(block_r) / len(block_r))
-    assert all(rows[layer] > drawn["args"][4] for layer in freeze.selected)
+    assert (tmp_path / "trace_stage_1.png").stat().st_size > 0
+    (figure,) = figures
+    try:
+        bottom = figure.axes[1]  # relative norms, below the temporal and control bars
+        (line,) = [line for line in bottom.get_lines() if line.get_linestyle() == "--"]
+        drawn = line.get_ydata()
+    finally:
+        close(figure)
+    assert drawn[0] == drawn[1] == pytest.approx(sum(block_r) / len(block_r))
+    assert sum(rows.values()) / len(rows) != pytest.approx(drawn[0])  # every row's mean is another line
+    assert all(rows[layer] > drawn[0] for layer in freeze.selected)
 
 
 @pytest.mark.parametrize("freeze_non_block", [False, True])
