@@ -6,14 +6,15 @@ import json
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from lifelong.config import CONF_DIR, ModelConfig, SyntheticDataConfig
+from lifelong.config import CONF_DIR, ModelConfig, SyntheticDataConfig, TrainerConfig
 from lifelong.data.synthetic import generate_stream
 from lifelong.data.tokens import lm_inputs, pack, sample_rows, train_tokenizer
 from lifelong.eval.perplexity import EncodedProbes, encode_probes
 from lifelong.methods.base import StageContext
 from lifelong.models import build_model, is_block, layer_of
-from lifelong.optim import build_optimizer, default_param_groups
+from lifelong.optim import build_optimizer, build_scheduler, default_param_groups
 from lifelong.tgl.adaptive_lr import AdaptiveLRConfig
 from lifelong.tgl.freeze import FreezeConfig
 from lifelong.tgl.select import Rule, select_layers
@@ -245,6 +246,27 @@ def test_adaptive_lr_clamps_each_blocks_scale_to_min_and_max_scale(setup):
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 
 
+def check_adaptive_rates_reached_the_optimizer(run_dir, trace):
+    """Stage 1's optimizer, as its first mid-stage checkpoint (global step 4) holds it: one group per
+    traced row, starting at lr * clamp(r / mean of the blocks' r, min_scale, max_scale), and after one
+    step all at the schedule's factor of their start: the trainer took adaptive LR's groups."""
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    trainer = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainerConfig), saved.trainer))
+    rows = dict(zip(trace["layers"], trace["relative"], strict=True))
+    mean = sum(r for layer, r in rows.items() if is_block(layer)) / sum(map(is_block, rows))
+    expected = {layer: trainer.lr * (min(saved.tgl.max_scale, max(saved.tgl.min_scale, r / mean))
+                                     if is_block(layer) else 1.0) for layer, r in rows.items()}
+    state = torch.load(run_dir / "checkpoints" / "step_00000004.pt", weights_only=False)
+    assert (state["stage"], state["step"]) == (1, 1)
+    factor = build_scheduler(trainer, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)).lr_lambdas[0](1)
+    groups = state["optimizer"]["param_groups"]
+    assert groups and all(group["layer"] in rows for group in groups)
+    for group in groups:
+        assert group["initial_lr"] == pytest.approx(expected[group["layer"]], rel=1e-6), group["layer"]
+        assert group["lr"] == pytest.approx(expected[group["layer"]] * factor, rel=1e-6), group["layer"]
+    assert len({round(group["lr"], 12) for group in groups}) > 1  # the blocks' rates differ
+
+
 @pytest.mark.parametrize("tgl", ["freeze", "adaptive_lr"])
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_composes_with_tgl(tmp_path, method, tgl):
@@ -256,6 +278,8 @@ def test_every_method_composes_with_tgl(tmp_path, method, tgl):
                                 "trainer.keep_checkpoints=3"))
     assert results["probe_sets"]["changed"]["final"] > 0
     trace = json.loads((run_dir / "trace_stage_1.json").read_text())
+    if tgl == "adaptive_lr":
+        check_adaptive_rates_reached_the_optimizer(run_dir, trace)
     if tgl != "freeze":
         return
     # after stage 1's first step (LoRA's adapters exist by then) and at its end
