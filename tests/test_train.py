@@ -127,13 +127,30 @@ def test_a_job_that_fails_to_load_its_data_leaves_its_run_dir_free(tmp_path):
     assert results["stages"] == ["2019", "2020"]
 
 
-def test_the_logged_lr_is_the_one_the_step_used(tmp_path):
+def test_the_logged_lr_is_the_one_the_step_used(tmp_path, monkeypatch):
     """Linear warmup over 3 of 6 steps: step k (1-based) of a stage trains at lr * k / 3. Under
-    adaptive_lr (stage 1 on) the logged rate is the schedule's, not one layer's scaled rate."""
+    adaptive_lr (stage 1 on) the logged rate is the schedule's, not one layer's scaled rate. Each
+    optimizer step's own groups are read as it runs (a step pre-hook on the trainer's optimizer): every
+    group's rate over its starting rate, times lr, is the rate logged for that step."""
+    import lifelong.train
+    from lifelong.optim import build_optimizer
+
+    used = []  # per optimizer step: each group's schedule factor times the base lr
+
+    def observed_optimizer(*args, **kwargs):
+        optimizer = build_optimizer(*args, **kwargs)
+        optimizer.register_step_pre_hook(lambda opt, *_: used.append(
+            [0.003 * group["lr"] / group["initial_lr"] for group in opt.param_groups]))
+        return optimizer
+
+    monkeypatch.setattr(lifelong.train, "build_optimizer", observed_optimizer)
     train(make_config(tmp_path / "run", "data.num_stages=2", "trainer.warmup_fraction=0.5", "trainer.lr=0.003",
                       "tgl=adaptive_lr"))
     lrs = [r["lr"] for r in read_jsonl_metrics(tmp_path / "run" / "metrics.jsonl")]
     assert lrs[:3] == pytest.approx([0.001, 0.002, 0.003]) and lrs[6:9] == pytest.approx([0.001, 0.002, 0.003])
+    assert len(used) == len(lrs) == 12
+    for step, (logged, rates) in enumerate(zip(lrs, used, strict=True)):
+        assert rates == pytest.approx([logged] * len(rates)), step
 
 
 def test_local_model_path_and_jsonl_stream(tmp_path, monkeypatch):
