@@ -8,7 +8,7 @@ import torch
 from lifelong.config import ModelConfig, ModelFamily
 from lifelong.data.tokens import train_tokenizer
 from lifelong.methods.base import StageContext
-from lifelong.models import build_model
+from lifelong.models import build_model, layer_of
 
 
 @pytest.fixture(scope="module")
@@ -29,3 +29,24 @@ def blocks(vocab: int, rows: int, seed: int, seq_len: int = 16) -> torch.Tensor:
 def context(index: int, stage_blocks: list[torch.Tensor], model, tmp_path, grad_accum: int = 1) -> StageContext:
     return StageContext(index, None, stage_blocks, model, None, torch.device("cpu"), tmp_path, 4, None,
                         grad_accum=grad_accum)
+
+
+def checkpoint_at(run_dir, global_step: int) -> dict:
+    """The checkpoint a run wrote after `global_step`."""
+    return torch.load(run_dir / "checkpoints" / f"step_{global_step:08d}.pt", weights_only=False)
+
+
+def rows_moved_only_by_weight_decay(before: dict, after: dict, key: str) -> float:
+    """The share of a GPT-2 Conv1D weight's output rows (its dim 1) that changed by less than 0.1%
+    between two model state dicts: rows whose gradient MIGU masked (AdamW then moves them by weight
+    decay alone, lr * wd ~ 2e-5 a step), where an unmasked row moves by ~lr per element (> 1%)."""
+    change = (after[key] - before[key]).norm(dim=0) / before[key].norm(dim=0)
+    return (change < 1e-3).float().mean().item()
+
+
+def migu_targets(state: dict, layers: set[str] | None = None) -> list[str]:
+    """The block linear weights MIGU masks in a GPT-2 state dict (not the tied LM head), of `layers` only if given."""
+    import re
+
+    keys = [key for key in state if re.search(r"\.h\.\d+\.(attn|mlp)\.\w+\.weight$", key)]
+    return [key for key in keys if layers is None or layer_of(key) in layers]

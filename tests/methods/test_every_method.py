@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from lifelong.config import CONF_DIR
 from lifelong.train import train
 from tests.conftest import crashed_copy, losses, make_config
+from tests.methods.conftest import checkpoint_at, migu_targets, rows_moved_only_by_weight_decay
 
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 STEPS = 6  # the smoke experiment's steps per stage
@@ -22,6 +24,10 @@ def test_method_runs_end_to_end_and_resumes_mid_last_stage(tmp_path, method):
     reference = train(make_config(tmp_path / "reference", *overrides))
     for probe_set in ("changed", "unchanged", "new"):
         assert math.isfinite(reference["probe_sets"][probe_set]["final"])
+    if method == "migu":
+        check_migu_masked_rows(tmp_path / "reference")
+    if method == "ewc":
+        check_ewc_pulls_towards_its_anchor(tmp_path, overrides)
 
     crash_step = (len(reference["stages"]) - 1) * STEPS + 2  # two steps into the last stage
     run_dir = crashed_copy(tmp_path / "reference", tmp_path / "crashed", crash_step)
@@ -31,3 +37,36 @@ def test_method_runs_end_to_end_and_resumes_mid_last_stage(tmp_path, method):
     assert dict(logged) == pytest.approx(dict(expected), abs=1e-6)
     for name, probe_set in reference["probe_sets"].items():
         assert resumed["probe_sets"][name]["final"] == pytest.approx(probe_set["final"], rel=1e-5)
+
+
+def check_migu_masked_rows(run_dir):
+    """MIGU masks in a real run: over a later stage's first two steps (a stage builds a fresh AdamW, so a
+    row masked in both moves by weight decay alone) a share of every block weight's rows up to
+    mask_fraction (0.5) stands still; in stage 0, plain fine-tuning, none does."""
+    start, two_in = checkpoint_at(run_dir, 2)["model"], checkpoint_at(run_dir, 4)["model"]
+    keys = migu_targets(start)
+    assert len(keys) == 8 and [rows_moved_only_by_weight_decay(start, two_in, key) for key in keys] == [0.0] * 8
+    for stage in (1, 2):
+        start, two_in = (checkpoint_at(run_dir, stage * STEPS + step)["model"] for step in (0, 2))
+        for key in keys:
+            share = rows_moved_only_by_weight_decay(start, two_in, key)
+            assert 0.2 <= share <= 0.5, (stage, key, share)
+
+
+def check_ewc_pulls_towards_its_anchor(tmp_path, overrides):
+    """EWC's gradient term acts in a real run: the same run under finetune has the same stage 0 (no
+    term yet), and ends stage 1 further from stage 0's anchor, in the Fisher-weighted distance EWC penalizes."""
+    finetune_dir = tmp_path / "finetune"
+    train(make_config(finetune_dir, "method=finetune", *(o for o in overrides if not o.startswith("method="))))
+    ewc_dir = tmp_path / "reference"
+    assert all(torch.equal(value, checkpoint_at(finetune_dir, STEPS)["model"][key])
+               for key, value in checkpoint_at(ewc_dir, STEPS)["model"].items())
+    terms = checkpoint_at(ewc_dir, STEPS + 2)["hooks"][0]  # stage 0's Fisher and anchor, in force in stage 1
+    assert terms["fisher"]
+
+    def distance(run_dir):
+        model = checkpoint_at(run_dir, 2 * STEPS)["model"]
+        return sum((fisher * (model[name] - terms["anchor"][name]).square()).sum().item()
+                   for name, fisher in terms["fisher"].items())
+
+    assert distance(ewc_dir) < 0.75 * distance(finetune_dir)

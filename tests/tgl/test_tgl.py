@@ -22,7 +22,7 @@ from lifelong.tgl.trace import Trace, span_batch, trace_layers
 from lifelong.track.jsonl import read_jsonl_metrics
 from lifelong.train import train
 from tests.conftest import make_config
-from tests.methods.conftest import tiny_model
+from tests.methods.conftest import checkpoint_at, migu_targets, rows_moved_only_by_weight_decay, tiny_model
 
 STREAM = generate_stream(SyntheticDataConfig(num_stages=2, num_entities=8, new_entities_per_stage=4,
                                              train_renderings=2))
@@ -267,6 +267,17 @@ def check_adaptive_rates_reached_the_optimizer(run_dir, trace):
     assert len({round(group["lr"], 12) for group in groups}) > 1  # the blocks' rates differ
 
 
+def check_migu_masks_the_selected_layers(run_dir, selected):
+    """MIGU's masks act on the blocks TGL trains: over stage 1's second step (global steps 4 -> 5) rows
+    masked in both of its steps moved by weight decay alone, a share of each weight up to mask_fraction."""
+    before, after = (checkpoint_at(run_dir, step)["model"] for step in (4, 5))
+    keys = migu_targets(before, set(selected))
+    assert keys
+    for key in keys:
+        share = rows_moved_only_by_weight_decay(before, after, key)
+        assert 0.2 <= share <= 0.5, (key, share)
+
+
 @pytest.mark.parametrize("tgl", ["freeze", "adaptive_lr"])
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_composes_with_tgl(tmp_path, method, tgl):
@@ -287,6 +298,8 @@ def test_every_method_composes_with_tgl(tmp_path, method, tgl):
     unselected = [key for key in after if is_block(layer_of(key)) and layer_of(key) not in trace["selected"]]
     assert unselected and all(torch.equal(before[key], after[key]) for key in unselected)
     assert any(not torch.equal(before[key], after[key]) for key in after)
+    if method == "migu":
+        check_migu_masks_the_selected_layers(run_dir, trace["selected"])
 
 
 def test_freeze_with_a_single_traced_layer_trains_it(tmp_path):
