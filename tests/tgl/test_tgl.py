@@ -278,6 +278,17 @@ def check_migu_masks_the_selected_layers(run_dir, selected):
         assert 0.2 <= share <= 0.5, (key, share)
 
 
+def check_ewcs_fisher_covers_the_layers_tgl_froze(run_dir, unselected):
+    """Stage 1's Fisher is estimated after TGL releases its freeze (hooks undo in reverse): every
+    parameter's merged Fisher at the run's end holds stage 1's term on top of stage 0's (the one a
+    mid-stage-1 checkpoint holds), the blocks TGL froze in stage 1 included."""
+    stage_0, final = (checkpoint_at(run_dir, step)["hooks"][0]["fisher"] for step in (4, 6))
+    assert final.keys() == stage_0.keys() == checkpoint_at(run_dir, 6)["model"].keys() - {"lm_head.weight"}
+    assert set(unselected) <= final.keys()
+    unchanged = [name for name in final if torch.equal(final[name], stage_0[name])]
+    assert unchanged == []
+
+
 @pytest.mark.parametrize("tgl", ["freeze", "adaptive_lr"])
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_composes_with_tgl(tmp_path, method, tgl):
@@ -300,6 +311,8 @@ def test_every_method_composes_with_tgl(tmp_path, method, tgl):
     assert any(not torch.equal(before[key], after[key]) for key in after)
     if method == "migu":
         check_migu_masks_the_selected_layers(run_dir, trace["selected"])
+    if method == "ewc":
+        check_ewcs_fisher_covers_the_layers_tgl_froze(run_dir, unselected)
 
 
 def test_freeze_with_a_single_traced_layer_trains_it(tmp_path):
