@@ -17,11 +17,15 @@ STEPS = 6  # the smoke experiment's steps per stage
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_method_runs_end_to_end_and_resumes_mid_last_stage(tmp_path, method):
+def test_method_runs_end_to_end_and_resumes_mid_last_stage(tmp_path, method, monkeypatch):
     """A crash in the last stage (LoRA's adapters exist by then, EWC holds Fisher terms, ...):
     the run resumed from the checkpoint before it logs the same losses and ends the same."""
     overrides = [f"method={method}", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=100"]
-    reference = train(make_config(tmp_path / "reference", *overrides))
+    with monkeypatch.context() as patch:
+        stages, fed = record_training_batches(patch)
+        reference = train(make_config(tmp_path / "reference", *overrides))
+    if method in ("replay", "joint"):
+        check_earlier_stages_blocks_are_trained_on(stages, fed)
     for probe_set in ("changed", "unchanged", "new"):
         assert math.isfinite(reference["probe_sets"][probe_set]["final"])
     if method == "migu":
@@ -70,3 +74,30 @@ def check_ewc_pulls_towards_its_anchor(tmp_path, overrides):
                    for name, fisher in terms["fisher"].items())
 
     assert distance(ewc_dir) < 0.75 * distance(finetune_dir)
+
+
+def record_training_batches(patch):
+    """Record, for the run that follows, each stage's packed blocks and every micro-batch of rows the
+    trainer's loop turns into model inputs (lm_inputs, which only that loop calls in lifelong.train)."""
+    import lifelong.data.corpus
+    import lifelong.train
+
+    stages, fed = [], []
+    stage_blocks, lm_inputs = lifelong.data.corpus.stage_blocks, lifelong.train.lm_inputs
+    patch.setattr(lifelong.data.corpus, "stage_blocks", lambda *args: stages.append(stage_blocks(*args)) or stages[-1])
+    patch.setattr(lifelong.train, "lm_inputs", lambda rows, *args: fed.append(rows.clone()) or lm_inputs(rows, *args))
+    return stages, fed
+
+
+def check_earlier_stages_blocks_are_trained_on(stages, fed):
+    """Replay's and joint's stage data reaches the trainer: from stage 1 on, some trained rows are
+    blocks of earlier stages only, and every row is a block of this stage or an earlier one."""
+    rows_of = [{tuple(row.tolist()) for row in blocks} for blocks in stages]
+    per_stage = len(fed) // len(stages)
+    assert len(stages) == 3 and len(fed) == 3 * STEPS  # one micro-batch a step
+    for t in range(len(stages)):
+        trained = [tuple(row.tolist()) for batch in fed[t * per_stage : (t + 1) * per_stage] for row in batch]
+        earlier = set().union(*rows_of[:t]) - rows_of[t]
+        assert all(row in rows_of[t] or row in earlier for row in trained), t
+        replayed = sum(row in earlier for row in trained)
+        assert (replayed > 0) if t > 0 else (replayed == 0), (t, replayed, len(trained))
