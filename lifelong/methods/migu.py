@@ -114,6 +114,7 @@ class MIGU(Method):
         self.active = False
         self.targets: list[Target] = []
         self.handles: list[Any] = []
+        self.plan_handle: Any = None  # the pre-hook that makes the stage's plan at its first training forward
         self.counted: set[nn.Module] = set()  # sources whose sums hold this step's magnitudes
         self.pending: dict[nn.Module, tuple[torch.Tensor, int]] = {}  # source -> (output, its version)
         self.sums = torch.zeros(0)  # every source's per-row sums, sources of one width adjacent
@@ -142,12 +143,12 @@ class MIGU(Method):
             return
         # the plan is made at the stage's first training forward, after every hook's before_stage: it
         # then covers only what trains (TGL freeze freezes after this hook; its frozen layers cost nothing)
-        self.handles.append(ctx.model.register_forward_pre_hook(self._plan_once))
-        self.handles.append(ctx.model.register_forward_hook(self._forward_done))
+        self.plan_handle = ctx.model.register_forward_pre_hook(self._plan_once)
+        self.handles += [self.plan_handle, ctx.model.register_forward_hook(self._forward_done)]
 
     def _plan_once(self, model: nn.Module, inputs: Any) -> None:
         if model.training:
-            self.handles[0].remove()  # the pre-hook itself: the plan holds for the whole stage
+            self.plan_handle.remove()  # the plan holds for the whole stage
             self._plan(model)
 
     def _plan(self, model: nn.Module) -> None:
