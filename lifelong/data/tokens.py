@@ -134,9 +134,14 @@ def lm_inputs(blocks: torch.Tensor, device: torch.device | None = None) -> tuple
     return labels.clamp_min(0), labels
 
 
+def scored_tokens(labels: torch.Tensor) -> int:
+    """Tokens a batch is scored on: every position after the first whose label is not PAD."""
+    return int((labels[:, 1:] != PAD).sum())
+
+
 def labelled_tokens(blocks: torch.Tensor) -> int:
-    """Tokens a batch of blocks is scored on: every position after the first that is not PAD."""
-    return max(1, int((blocks[:, 1:] != PAD).sum()))
+    """scored_tokens, at least 1: what a batch's summed loss is divided by."""
+    return max(1, scored_tokens(blocks))
 
 
 def summed_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lifelong.data.tokens import PAD, lm_inputs, sample_rows, summed_token_loss
+from lifelong.data.tokens import PAD, lm_inputs, sample_rows, scored_tokens, summed_token_loss
 from lifelong.eval.perplexity import EncodedProbes
 from lifelong.optim import LayerGradNorms
 
@@ -57,7 +57,7 @@ def _mean_norms(model: nn.Module, norms: LayerGradNorms, batches: Iterator[list[
     count = 0
     for chunks in batches:
         model.zero_grad(set_to_none=True)
-        tokens = max(1, sum(int((labels[:, 1:] != PAD).sum()) for _, _, labels in chunks))
+        tokens = max(1, sum(scored_tokens(labels) for _, _, labels in chunks))
         for ids, attention, labels in chunks:
             attention = None if attention is None else attention.to(device)
             logits = model(input_ids=ids.to(device), attention_mask=attention).logits
