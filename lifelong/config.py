@@ -801,7 +801,7 @@ def validate_command_line(args: list[str]) -> int:
             cfg = _typed(composed, run_dir or ".")
         except (HydraException, OmegaConfBaseException) as error:
             raise _explain(error, job, source) from error
-        check_input_paths(cfg)
+        check_input_paths(cfg, in_run_dir=bool(composed.hydra.job.chdir))
         if not (multirun and "Slurm" in str(composed.hydra.launcher.get("_target_"))):
             check_device_visible(cfg.trainer.device)  # the job runs here; a SLURM job checks on its node
         if hasattr(cfg.method, "check_model"):  # names of the model's modules (LoRA's targets)
@@ -908,15 +908,19 @@ def check_same_identity(saved: dict[str, Any], current: dict[str, Any], source: 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def check_input_paths(cfg: TrainConfig) -> None:
+def check_input_paths(cfg: TrainConfig, in_run_dir: bool = False) -> None:
     """Every model / data path of a job exists, before anything is launched. Nothing is
-    downloaded: a hub id or a path on another machine gets an error naming the key to set."""
+    downloaded: a hub id or a path on another machine gets an error naming the key to set. A job
+    that runs `in_run_dir` (hydra.job.chdir=true) needs absolute paths."""
     paths = {**cfg.data.input_paths(), **({"model.path": [cfg.model.path]} if cfg.model.path else {})}
     # the directories a stream or model is read from; every other input path is a file
     directories = {cfg.model.path, *(getattr(cfg.data, key, None) for key in ("path", "root"))} - {None}
     for key, values in paths.items():
         for value in values:
             path = Path(value)
+            if in_run_dir and not path.is_absolute():
+                raise ConfigError(key, value, "an absolute path: hydra.job.chdir=true runs the job in its run dir, "
+                                  "where a relative path is not found (or write ${hydra:runtime.cwd}/" f"{value})")
             if not path.exists():
                 raise ConfigError(key, value, "an existing local path (nothing is downloaded: copy the files to "
                                   f"this machine, or change {key})")

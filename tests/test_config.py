@@ -152,6 +152,8 @@ def test_a_presets_sweeper_params_are_validated_too():
         (["data=ecbd", f"data.root={FIXTURES / 'ecbd' / '2019' / 'np_spans_test.json'}"], "data.root",
          "a directory (this path is a file)"),
         (["model=local", f"model.path={MODEL_DIR / 'config.json'}"], "model.path", "a directory (this path is a file)"),
+        (["hydra.job.chdir=true", "data=templama", "data.files=[t.json]"], "data.files",
+         "an absolute path: hydra.job.chdir=true runs the job in its run dir"),
         (["data=jsonl", f"data.path={FIXTURES / 'jsonl'}", f"data.cache_dir={MODEL_DIR / 'config.json' / 'cache'}"],
          "data.cache_dir", "config.json is not a directory"),
         (["data=templama", "data.files=/etc/passwd"], "data.files", "allowed is a list, e.g. [a,b]"),  # a ??? key
