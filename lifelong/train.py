@@ -37,11 +37,6 @@ from lifelong.config import (
     Precision,
     TrainConfig,
     TrainerConfig,
-    check_device_visible,
-    check_same_identity,
-    check_same_run,
-    run_identity,
-    save_run_config,
     to_train_config,
 )
 from lifelong.data import corpus
@@ -57,6 +52,13 @@ from lifelong.launch.checkpoint import (
     save_checkpoint,
     set_rng_state,
     write_atomically,
+)
+from lifelong.launch.checks import (
+    check_device_visible,
+    check_same_identity,
+    check_same_run,
+    run_identity,
+    save_run_config,
 )
 from lifelong.launch.distributed import DistEnv, any_rank, init_distributed, mean_across_ranks
 from lifelong.launch.host_memory import keep_freed_host_memory
@@ -409,7 +411,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry: check every job's config first, then hand over to Hydra."""
-    from lifelong.config import validate_command_line
+    from lifelong.launch.checks import validate_command_line
 
     # conf/hydra/launcher/submitit_*.yaml give the plugin's launchers the project's defaults under the
     # plugin's own names, so Hydra validates them against its schemas: intended, not worth a warning

@@ -12,16 +12,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lifelong.config import (
-    CONF_DIR,
-    RELAUNCH_MAY_CHANGE,
-    ConfigError,
-    TrainConfig,
-    compose,
-    compose_train_config,
-    save_run_config,
-    validate_command_line,
-)
+from lifelong.config import CONF_DIR, ConfigError, TrainConfig, compose, compose_train_config
+from lifelong.launch.checks import RELAUNCH_MAY_CHANGE, save_run_config, validate_command_line
 from tests.conftest import FIXTURES, REPO
 
 GROUPS = ["model", "data", "method", "tgl", "trainer", "logger", "experiment", "cluster", "hydra/launcher"]
@@ -88,8 +80,10 @@ def test_a_sweeps_jobs_share_one_sweep_dir_though_composed_seconds_apart(monkeyp
 
 def test_an_install_without_the_checkouts_configs_says_to_install_editable(monkeypatch, tmp_path):
     import lifelong.config
+    import lifelong.launch.checks
 
-    monkeypatch.setattr(lifelong.config, "CONF_DIR", tmp_path / "absent")  # where a wheel's would be
+    for module in (lifelong.config, lifelong.launch.checks):  # where a wheel's would be
+        monkeypatch.setattr(module, "CONF_DIR", tmp_path / "absent")
     with pytest.raises(ConfigError, match=r"conf/=.*absent': allowed is lifelong's configs.*pip install -e"):
         validate_command_line(["seed=1"])
 

@@ -22,7 +22,7 @@ def build_logger(cfg, run_dir: Path, is_main: bool):
         return JsonlLogger(run_dir / "metrics.jsonl")
     from omegaconf import OmegaConf
 
-    from lifelong.config import run_identity
+    from lifelong.launch.checks import run_identity
     from lifelong.track.runinfo import run_info
     from lifelong.track.wandb import WandbLogger, config_identity
 

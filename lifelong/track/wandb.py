@@ -49,5 +49,5 @@ class WandbLogger(JsonlLogger):
 
 
 def config_identity(config: dict[str, Any], run_dir: Path) -> str:
-    """What makes a run this run: its config (lifelong.config.run_identity) and where it lives."""
+    """What makes a run this run: its config (lifelong.launch.checks.run_identity) and where it lives."""
     return json.dumps(config, sort_keys=True, default=str) + str(run_dir.resolve())

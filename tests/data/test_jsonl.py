@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 
-from lifelong.config import ConfigError, validate_command_line
+from lifelong.config import ConfigError
 from lifelong.data.corpus import load_corpus
 from lifelong.data.jsonl import DataFormatError, load_stream, stage_dirs
+from lifelong.launch.checks import validate_command_line
 from tests.conftest import FIXTURES
 
 

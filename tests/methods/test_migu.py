@@ -12,7 +12,8 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from lifelong.config import ConfigError, ModelFamily, validate_command_line
+from lifelong.config import ConfigError, ModelFamily
+from lifelong.launch.checks import validate_command_line
 from lifelong.methods.lora_migu import LoRAMIGU, LoRAMIGUConfig
 from lifelong.methods.migu import MIGU, MIGUConfig, linear_targets, output_magnitudes, row_thresholds
 from lifelong.methods.migu_kept_rows import kept_row_indices

@@ -247,7 +247,8 @@ def test_two_runs_of_one_row_with_the_same_seed_are_an_error(tmp_path):
 
 
 def test_every_cpu_preset_runs_a_tiny_version(tmp_path):
-    from lifelong.config import CONF_DIR, compose_train_config, validate_command_line
+    from lifelong.config import CONF_DIR, compose_train_config
+    from lifelong.launch.checks import validate_command_line
     from lifelong.train import train
 
     presets = [p.stem for p in (CONF_DIR / "experiment").glob("*_cpu.yaml")]
