@@ -3,7 +3,8 @@
     python benchmarks/overhead.py [--steps 100] [--repeats 15] [--threads 1] [--micro-batch 8] [--name overhead]
 
 Same model (the tiny GPT-2 preset), same packed blocks of the synthetic stream, same batch,
-fused AdamW (the HF Trainer's default optimizer too), warmup + cosine and clipping in all three,
+fused AdamW (the HF Trainer's default optimizer too), warmup + cosine and clipping in all three
+(the Trainer without its per-step NaN/inf check, FLOP count and printing, which lifelong lacks),
 and the same process settings in every arm (lifelong.train.apply_process_settings: glibc keeps
 freed host memory, subnormal floats are zero), so the figures are what the framework itself
 adds. The three run interleaved, `--repeats` times, each run in a fresh interpreter, the order
@@ -90,7 +91,14 @@ def bare_step_times(overrides: list[str]) -> list[float]:
 
 
 def hf_trainer_step_times(overrides: list[str], workdir: Path) -> list[float]:
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    """The Trainer's steps, without the per-step work it does by default and lifelong does not: a
+    NaN/inf check of every step's loss (a host sync on a GPU), a FLOP count (num_parameters every
+    step), and printing each log line."""
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    class PlainTrainer(Trainer):
+        def floating_point_ops(self, inputs: dict) -> int:
+            return 0
 
     cfg, blocks, model, device = _setup(overrides)
     tc = cfg.trainer
@@ -120,8 +128,11 @@ def hf_trainer_step_times(overrides: list[str], workdir: Path) -> list[float]:
         save_strategy="no", report_to=[], use_cpu=device.type == "cpu", bf16=tc.precision is Precision.bf16,
         disable_tqdm=True, dataloader_num_workers=0, seed=cfg.seed, optim="adamw_torch_fused",
         dataloader_drop_last=True,  # every step a full batch, as in the other two
+        logging_nan_inf_filter=False,
     )
-    Trainer(model=model, args=args, train_dataset=dataset, callbacks=[WindowClock()]).train()
+    trainer = PlainTrainer(model=model, args=args, train_dataset=dataset, callbacks=[WindowClock()])
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
     return window_means(stamps, tc.log_every)
 
 
