@@ -85,6 +85,13 @@ def lifelong_step_times(overrides: list[str], run_dir: Path, stage: int) -> list
     return [tokens_per_step / r["tokens_per_s"] for r in records if r["stage"] == stage]
 
 
+def in_windows_of(step_times: list[float], steps: int) -> list[float]:
+    """Windows of one step each, as the mean step time of each `steps` consecutive ones: the windows
+    of a run that logs every `steps` steps, so that two arms' medians are over equal windows (a
+    median of single steps reads low where step times are skewed)."""
+    return [statistics.fmean(step_times[i : i + steps]) for i in range(0, len(step_times) - steps + 1, steps)]
+
+
 def steady_median(window_times: list[float]) -> float:
     """Median over windows, the first (warm-up) window left out."""
     return statistics.median(window_times[1:])

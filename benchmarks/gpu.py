@@ -6,10 +6,11 @@
 On `trainer=gpu` (bf16 autocast), model gpt2_100m, batch 16 x 512 unless a figure says so:
 1-2. lifelong vs. a bare loop vs. the HF Trainer (bf16), timed as in overhead.py;
 3.   per-layer grad-norm logging every step vs. every steps/4 (--logging-repeats pairs of runs,
-     the order rotated, median of their ratios); MIGU and EWC vs. finetune, each
-     step as in stage 1, in 10 x --repeats paired rounds of 10 steps (methods_paired.py); the
-     same at paper scale (`methods_paper_scale`: --paper-model, gpt2_large, 8 x 512 as
-     TemporalWiki's GPT-2 runs per GPU), where the GPU rather than the host bounds the step;
+     the order rotated, median of their ratios; both arms' medians over windows of steps/4);
+     MIGU and EWC vs. finetune, each step as in stage 1, in 10 x --repeats paired rounds of 10
+     steps (methods_paired.py); the same at paper scale (`methods_paper_scale`: --paper-model,
+     gpt2_large, 8 x 512 as TemporalWiki's GPT-2 runs per GPU), where the GPU rather than the
+     host bounds the step;
 6.   tokens/s and MFU of tiny_gpt2, tiny_llama (16 x 128) and gpt2_100m.
 MFU = (6 N + 12 L d s) x tokens/s / the GPU's dense bf16 peak (nanoGPT's estimate; N all
 parameters, s the sequence length). Writes benchmarks/results/cuda_bf16.json.
@@ -24,7 +25,16 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import RESULTS, code_version, lifelong_step_times, model_parameters, quartiles, rotated, steady_median
+from common import (
+    RESULTS,
+    code_version,
+    in_windows_of,
+    lifelong_step_times,
+    model_parameters,
+    quartiles,
+    rotated,
+    steady_median,
+)
 from methods_paired import METHODS, TARGETS, paired_step_times
 from overhead import compare, summary
 
@@ -57,9 +67,12 @@ def main() -> None:
     path = RESULTS / f"{args.device}_bf16.json"
     result: dict = json.loads(path.read_text()) if path.exists() else {}
 
-    def step_time(overrides: list[str], stage: int, tag: str) -> float:
+    def window_times(overrides: list[str], stage: int, tag: str) -> list[float]:
         with tempfile.TemporaryDirectory() as tmp:
-            return steady_median(lifelong_step_times([*large, *overrides], Path(tmp) / tag, stage))
+            return lifelong_step_times([*large, *overrides], Path(tmp) / tag, stage)
+
+    def step_time(overrides: list[str], stage: int, tag: str) -> float:
+        return steady_median(window_times(overrides, stage, tag))
 
     parts = args.parts.split(",")
     if unknown := [part for part in parts if part not in PARTS]:  # before any part spends device time
@@ -75,8 +88,10 @@ def main() -> None:
             arms = {"every_step": ["trainer.log_every=1"], "rarely": [f"trainer.log_every={rarely_every}"]}
             runs: dict[str, list[float]] = {arm: [] for arm in arms}
             for repeat in range(args.logging_repeats):
-                for arm in rotated(list(arms), repeat):
-                    runs[arm].append(step_time(arms[arm], 0, arm))
+                for arm in rotated(list(arms), repeat):  # both over windows of rarely_every steps
+                    times = window_times(arms[arm], 0, arm)
+                    windows = in_windows_of(times, rarely_every) if arm == "every_step" else times
+                    runs[arm].append(steady_median(windows))
             ratios = [every / rarely for every, rarely in zip(runs["every_step"], runs["rarely"], strict=True)]
             measured.update(runs_s=runs, rarely_every=rarely_every, ratio=statistics.median(ratios),
                             ratio_quartiles=quartiles(ratios), repeats=args.logging_repeats, target="<= 1.03")
